@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# SmolChat developer entry point: bootstraps what a fresh machine lacks (venv + pinned pip
+# packages, npm packages, Debian Chromium for browser work), then hands over to the project's
+# own CLIs. Each bootstrap step is skipped when its stamp says it is up to date.
+#
+#   ./build.sh serve [--port 8000]     build what is missing, serve the chat page
+#   ./build.sh test                    full build + every test (what .ci/run calls)
+#   ./build.sh bundle [--preset compact|exact] [--source PATH] [--adapter DIR]
+#   ./build.sh score TEXTFILE [--bundle DIR]
+#   ./build.sh chat | ask "msg" [--runtime python|browser] [--json] ...
+#   ./build.sh eval FILE.jsonl [--out FILE]     ./build.sh bench [--quick]
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$ROOT"
+VENV="$ROOT/.venv"
+PY="$VENV/bin/python"
+STAMPS="$ROOT/.cache/stamps"
+export PYTHONPATH="$ROOT/build:$ROOT/py_runtime:$ROOT/web:$ROOT/bench${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
+
+log() { printf '\033[1m[build.sh]\033[0m %s\n' "$*" >&2; }
+
+# Stamp helpers: a step reruns when the hash of its inputs changes.
+stamp_ok() { [ -f "$STAMPS/$1" ] && [ "$(cat "$STAMPS/$1")" = "$2" ]; }
+stamp_set() { mkdir -p "$STAMPS"; printf '%s' "$2" > "$STAMPS/$1"; }
+
+setup_python() {
+  local want; want="$(sha256sum requirements.txt | cut -c1-16)"
+  if [ -x "$PY" ] && stamp_ok python "$want"; then return; fi
+  local base="${SMOLCHAT_PYTHON:-}"
+  if [ -z "$base" ]; then
+    for cand in python3.11 python3; do
+      if command -v "$cand" >/dev/null && "$cand" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+        base="$cand"; break
+      fi
+    done
+  fi
+  [ -n "$base" ] || { echo "error: Python 3.11 is required (torch 2.13.0 CPU wheel is cp311); set SMOLCHAT_PYTHON" >&2; exit 1; }
+  log "python: creating $VENV with $($base --version) and installing requirements.txt"
+  [ -x "$PY" ] || "$base" -m venv "$VENV"
+  "$PY" -m pip install --quiet --upgrade pip==25.3 >/dev/null 2>&1 || true
+  "$PY" -m pip install --quiet -r requirements.txt
+  stamp_set python "$want"
+}
+
+setup_node() {
+  [ -f web/package.json ] || return 0
+  local want; want="$(cat web/package.json web/package-lock.json 2>/dev/null | sha256sum | cut -c1-16)"
+  if [ -d web/node_modules ] && stamp_ok node "$want"; then return; fi
+  command -v npm >/dev/null || { echo "error: npm not found: install Node.js 20+ (apt-get install nodejs npm)" >&2; exit 1; }
+  log "node: npm ci in web/ (pinned by package-lock.json; --ignore-scripts: no postinstall downloads)"
+  (cd web && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
+  stamp_set node "$want"
+}
+
+setup_chromium() {
+  if [ -x /usr/bin/chromium ]; then return; fi
+  command -v apt-get >/dev/null || { echo "error: /usr/bin/chromium missing and no apt-get: install Debian's chromium package" >&2; exit 1; }
+  log "chromium: apt-get install chromium (Debian; Playwright's own browser download does not work here)"
+  local SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium fonts-liberation >/dev/null
+}
+
+has_flag() { local f="$1"; shift; for a in "$@"; do [ "$a" = "$f" ] && return 0; done; return 1; }
+runtime_of() { local prev=""; for a in "$@"; do
+  case "$a" in --runtime=*) echo "${a#--runtime=}"; return;; esac
+  [ "$prev" = "--runtime" ] && { echo "$a"; return; }; prev="$a"; done; echo python; }
+
+cmd="${1:-help}"; [ $# -gt 0 ] && shift
+case "$cmd" in
+  setup)   setup_python; setup_node; setup_chromium ;;
+  bundle)  setup_python; exec "$PY" -m smolchat_build bundle "$@" ;;
+  score)   setup_python; exec "$PY" -m smolchat_build score "$@" ;;
+  goldens) setup_python; exec "$PY" -m smolchat_build goldens "$@" ;;
+  chat)    setup_python; exec "$PY" -m smolchat chat "$@" ;;
+  ask)
+    setup_python
+    if [ "$(runtime_of "$@")" = browser ]; then setup_node; setup_chromium; exec "$PY" -m smolchat_web ask "$@"; fi
+    exec "$PY" -m smolchat ask "$@" ;;
+  serve)   setup_python; setup_node; exec "$PY" -m smolchat_web serve "$@" ;;
+  site)    setup_python; setup_node; exec "$PY" -m smolchat_web site "$@" ;;
+  eval)    setup_python; setup_node; setup_chromium; exec "$PY" -m smolchat_web eval "$@" ;;
+  bench)   setup_python; setup_node; setup_chromium; exec "$PY" -m smolchat_bench "$@" ;;
+  test)
+    setup_python; setup_node; setup_chromium
+    # The real build runs first: the tests check what ships (size gate, parity, goldens).
+    "$PY" -m smolchat_build bundle --preset compact
+    "$PY" -m smolchat_build bundle --preset exact
+    [ -d web/smolchat_web ] && "$PY" -m smolchat_web site
+    exec "$PY" -m pytest "$@" ;;
+  help|-h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' ;;
+  *) echo "error: unknown command '$cmd' (try ./build.sh help)" >&2; exit 2 ;;
+esac
