@@ -9,7 +9,11 @@ costs 12-28 ms per token, so it never happens in Python).
 Implementations:
 - backend_onnx.py: CPython, onnxruntime + tokenizers + numpy on the bundle's runtime form.
 - bridge.py: Pyodide, ONNX Runtime Web + the JS tokenizer. The only module importing js/pyodide.
-- tests use a scripted fake that implements this same protocol.
+- fake_backend.py: a scripted fake (tests, demos) that implements this same protocol.
+
+Optional attribute (read with getattr, so not part of the runtime-checked Protocol):
+`generation_config: dict`, the bundle's generation_config.json; the engine takes its default
+settings from it (settings.GenerationSettings.from_generation_config).
 
 What this protocol ignores: chat roles, templates, sampling randomness, stop strings, UTF-8
 assembly (token_bytes gives raw bytes; the engine decodes incrementally).

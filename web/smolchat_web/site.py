@@ -1,0 +1,176 @@
+"""Assemble the static site into dist/site/: everything the page loads, from one origin.
+
+    dist/site/
+      index.html, app.css, *.js          web/, web/*.js and web/src/ (flat: /smolchat.js is the
+                                         JS API, /widget.js the widget)
+      examples/                          web/examples/
+      vendor/pyodide/                    Pyodide core (npm `pyodide`): mjs, asm.wasm, stdlib, lock
+      vendor/ort/                        ONNX Runtime Web, WASM EP only (ort.wasm.min.mjs +
+                                         ort-wasm-simd-threaded.{mjs,wasm})
+      vendor/tokenizers/                 @huggingface/tokenizers ES module
+      wheels/smolchat-*.whl              `pip wheel --no-deps py_runtime`; Pyodide's
+                                         loadPackage(<absolute url>) installs it (no micropip)
+      models/<bundle-id>/                symlinks to models/<bundle-id>/ (every built bundle)
+      site.json                          what was assembled: versions, wheel, bundles, default
+
+Incremental: files are copied only when size or mtime changed; the wheel is rebuilt only when
+py_runtime/ changed. What this module ignores: serving (server.py), browsers (headless.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+WEB = ROOT / "web"
+NODE = WEB / "node_modules"
+DIST = ROOT / "dist" / "site"
+MODELS = ROOT / "models"
+PY_RUNTIME = ROOT / "py_runtime"
+
+DEFAULT_PRESET = "compact"
+BUNDLE_PREFIX = "smollm2-135m-instruct-"
+
+VENDOR = {
+    "vendor/pyodide": ("pyodide", ["pyodide.mjs", "pyodide.asm.mjs", "pyodide.asm.wasm",
+                                   "python_stdlib.zip", "pyodide-lock.json"]),
+    "vendor/ort": ("onnxruntime-web/dist", ["ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs",
+                                            "ort-wasm-simd-threaded.wasm"]),
+    "vendor/tokenizers": ("@huggingface/tokenizers/dist", ["tokenizers.min.mjs"]),
+}
+NPM_PACKAGES = {"pyodide": "pyodide", "ort": "onnxruntime-web",
+                "tokenizers": "@huggingface/tokenizers"}
+
+
+class SiteError(RuntimeError):
+    pass
+
+
+def _copy(src: Path, dst: Path) -> bool:
+    if not src.is_file():
+        raise SiteError(f"{src} is missing: run `./build.sh setup` (npm ci in web/)")
+    if dst.is_file() and not dst.is_symlink():
+        s, d = src.stat(), dst.stat()
+        if s.st_size == d.st_size and int(s.st_mtime) == int(d.st_mtime):
+            return False
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(src, dst)
+    return True
+
+
+def _npm_version(package: str) -> str:
+    return json.loads((NODE / package / "package.json").read_text())["version"]
+
+
+def _tree_hash(folder: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        parts = p.relative_to(folder).parts
+        if not p.is_file() or any(x in ("__pycache__", "build", "dist") or x.endswith(".egg-info")
+                                  for x in parts):
+            continue
+        h.update("/".join(parts).encode() + b"\0")
+        h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def build_wheel(out: Path, previous: dict | None, log=print) -> str:
+    """Build the smolchat wheel into out/wheels/ unless py_runtime/ is unchanged.
+    Returns the wheel path relative to out."""
+    if not (PY_RUNTIME / "pyproject.toml").is_file():
+        raise SiteError("py_runtime/pyproject.toml is missing: the smolchat package cannot be "
+                        "built into a wheel yet")
+    digest = _tree_hash(PY_RUNTIME)
+    if previous and previous.get("wheel_source_hash") == digest \
+            and (out / previous.get("wheel", "-")).is_file():
+        return previous["wheel"]
+    wheels = out / "wheels"
+    with tempfile.TemporaryDirectory() as tmp:
+        # Copy first: building in place would leave build/ and *.egg-info in py_runtime/.
+        src = Path(tmp) / "src"
+        shutil.copytree(PY_RUNTIME, src, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "build"))
+        base = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", str(src), "-w", tmp + "/w"]
+        log("site: building the smolchat wheel (pip wheel --no-deps py_runtime)")
+        r = subprocess.run(base + ["--no-build-isolation"], capture_output=True, text=True)
+        if r.returncode != 0:  # the build backend is not in this venv: let pip fetch it
+            r = subprocess.run(base, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise SiteError(f"pip wheel py_runtime failed:\n{r.stdout}\n{r.stderr}")
+        built = list(Path(tmp, "w").glob("smolchat-*.whl"))
+        if len(built) != 1:
+            raise SiteError(f"expected one smolchat-*.whl, got {built}")
+        if wheels.exists():
+            shutil.rmtree(wheels)
+        wheels.mkdir(parents=True)
+        shutil.copy2(built[0], wheels / built[0].name)
+    (out / ".wheel_source_hash").write_text(digest)
+    return f"wheels/{built[0].name}"
+
+
+def find_bundles() -> dict[str, Path]:
+    """Every built bundle: models/<id>/ with a manifest.json."""
+    if not MODELS.is_dir():
+        return {}
+    return {p.name: p for p in sorted(MODELS.iterdir())
+            if p.is_dir() and not p.name.startswith(".") and (p / "manifest.json").is_file()}
+
+
+def bundle_id(name: str) -> str:
+    """'compact' / 'exact' -> full bundle id; anything else is taken as an id."""
+    return BUNDLE_PREFIX + name if name in ("compact", "exact") else name
+
+
+def build_site(out: Path = DIST, default_bundle: str = DEFAULT_PRESET, log=print) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    previous = None
+    if (out / "site.json").is_file():
+        previous = json.loads((out / "site.json").read_text())
+        if (out / ".wheel_source_hash").is_file():
+            previous["wheel_source_hash"] = (out / ".wheel_source_hash").read_text()
+
+    copied = 0
+    ours = [WEB / "index.html", *sorted(WEB.glob("*.js")), *sorted(WEB.glob("*.d.ts")),
+            *sorted((WEB / "src").glob("*.js")),
+            *sorted((WEB / "src").glob("*.d.ts")), *sorted((WEB / "src").glob("*.css"))]
+    for f in ours:
+        copied += _copy(f, out / f.name)
+    for f in sorted((WEB / "examples").glob("*")) if (WEB / "examples").is_dir() else []:
+        if f.is_file():
+            copied += _copy(f, out / "examples" / f.name)
+    for dest, (package_dir, files) in VENDOR.items():
+        for name in files:
+            copied += _copy(NODE / package_dir / name, out / dest / name)
+
+    wheel = build_wheel(out, previous, log)
+
+    models = out / "models"
+    models.mkdir(exist_ok=True)
+    bundles = find_bundles()
+    for link in models.iterdir():
+        if link.is_symlink() and link.name not in bundles:
+            link.unlink()
+    for name, path in bundles.items():
+        link = models / name
+        if link.is_symlink() and link.resolve() == path.resolve():
+            continue
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(path.resolve(), target_is_directory=True)
+
+    info = {
+        "format": "smolchat-site/1",
+        "wheel": wheel,
+        "versions": {k: _npm_version(v) for k, v in NPM_PACKAGES.items()},
+        "bundles": {name: f"models/{name}/" for name in bundles},
+        "default_bundle": bundle_id(default_bundle),
+    }
+    (out / "site.json").write_text(json.dumps(info, indent=2) + "\n")
+    log(f"site: {out} ({copied} files updated, wheel {wheel}, bundles: "
+        f"{', '.join(bundles) or 'none built yet'}; default {info['default_bundle']})")
+    return info

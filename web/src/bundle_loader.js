@@ -1,0 +1,132 @@
+// Fetch a model bundle (README "Bundle format") from our origin with byte progress, check
+// every file against manifest.json (bytes + sha256), expand weights.bin into the graph's
+// external data (runtime_form.js, owned by the bundle build) and create the ORT Web session.
+//
+// Files come through bundle_cache.js (Cache Storage: a later load reads them back).
+//
+// What this module ignores: Python, the tokenizer's use, how the cache stores and versions files.
+
+import { makeError, toSmolChatError } from './errors.js';
+import { openBundleCache } from './bundle_cache.js';
+
+// The files the browser needs; model.data is never shipped (built in memory).
+const TEXT_FILES = ['tokenizer.json', 'tokenizer_config.json', 'config.json', 'generation_config.json'];
+
+// manifest.files: {name: {bytes, sha256}}.
+export function fileEntries(manifest) {
+  return manifest.files || {};
+}
+
+async function sha256Hex(bytes) {
+  const digest = await crypto.subtle.digest('SHA-256', bytes);
+  return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+async function fetchOrMissing(url) {
+  let response;
+  try {
+    response = await fetch(url);
+  } catch (e) {
+    throw makeError('bundle_missing', `could not fetch ${url} (${e.message}): is the server running?`, { url });
+  }
+  if (!response.ok) {
+    throw makeError('bundle_missing',
+      `the model bundle file ${url} is missing (HTTP ${response.status}): build the bundle with ` +
+      `./build.sh bundle, then rebuild the site with ./build.sh site`, { url, status: response.status });
+  }
+  return response;
+}
+
+// Read a response body into one Uint8Array, calling onBytes(n) per chunk.
+async function readAll(response, expected, onBytes) {
+  const reader = response.body.getReader();
+  let buffer = new Uint8Array(expected || Number(response.headers.get('Content-Length')) || 1 << 20);
+  let length = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    if (length + value.length > buffer.length) {
+      const bigger = new Uint8Array(Math.max(buffer.length * 2, length + value.length));
+      bigger.set(buffer.subarray(0, length));
+      buffer = bigger;
+    }
+    buffer.set(value, length);
+    length += value.length;
+    onBytes(value.length);
+  }
+  return length === buffer.length ? buffer : buffer.slice(0, length);
+}
+
+// -> {manifest, texts: {name: string}, graph: Uint8Array, weights: Uint8Array}
+export async function downloadBundle(bundleUrl, onProgress, { cache = true } = {}) {
+  const base = bundleUrl.endsWith('/') ? bundleUrl : bundleUrl + '/';
+  const manifestText = await (await fetchOrMissing(base + 'manifest.json')).text();
+  let manifest;
+  try { manifest = JSON.parse(manifestText); } catch (e) {
+    throw makeError('bundle_corrupt', `${base}manifest.json is not valid JSON: rebuild the bundle`);
+  }
+  const entries = fileEntries(manifest);
+  const runtime = manifest.runtime || {};
+  const graphName = runtime.graph || 'model.onnx';
+  const weightsName = runtime.weights_file || 'weights.bin';
+  const names = [graphName, weightsName, ...TEXT_FILES];
+  const total = names.reduce((sum, n) => sum + ((entries[n] && entries[n].bytes) || 0), 0);
+  let loaded = 0;
+  const onBytes = (n) => { loaded += n; onProgress({ loaded, total: Math.max(total, loaded) }); };
+  const files = await openBundleCache(base, manifest, fetchOrMissing, { enabled: cache }); // Cache Storage (issue 5)
+  const bodies = await Promise.all(names.map(async (name) => {
+    const entry = entries[name] || {};
+    const bytes = await readAll(await files.fetch(name), entry.bytes, onBytes);
+    if (entry.bytes !== undefined && entry.bytes !== bytes.length) {
+      throw makeError('bundle_corrupt', `${name} has ${bytes.length} bytes, the manifest says ` +
+        `${entry.bytes}: the download was cut or the bundle is stale; rebuild it`, { file: name });
+    }
+    if (entry.sha256 && (await sha256Hex(bytes)) !== entry.sha256) {
+      throw makeError('bundle_corrupt', `${name} does not match its sha256 in manifest.json: ` +
+        `rebuild the bundle (./build.sh bundle)`, { file: name });
+    }
+    return [name, bytes];
+  }));
+  const byName = Object.fromEntries(bodies);
+  const decoder = new TextDecoder();
+  const texts = { manifest: manifestText };
+  for (const n of TEXT_FILES) texts[n] = decoder.decode(byName[n]);
+  return { manifest, texts, graph: byName[graphName], weights: byName[weightsName], total, cache: await files.report() };
+}
+
+// The external data file name the graph refers to (manifest.runtime names it).
+export function externalDataName(manifest) {
+  return (manifest.runtime || {}).external_data || 'model.data';
+}
+
+// ORT graph optimization level the bundle was verified with ('basic' when unstated).
+export function graphOptimization(manifest) {
+  return (manifest.runtime || {}).graph_optimization || 'basic';
+}
+
+export async function createSession(ort, bundle) {
+  const { expandRuntimeData } = await import('./runtime_form.js');
+  let data;
+  try {
+    data = await expandRuntimeData(bundle.manifest, bundle.weights);
+  } catch (e) {
+    throw toSmolChatError(e);
+  }
+  bundle.weights = null; // the download form is no longer needed
+  try {
+    return await ort.InferenceSession.create(bundle.graph, {
+      executionProviders: ['wasm'],
+      // 'all' miscomputes the int8 graph's single-token steps (the extended MatMulInteger
+      // fusions: "Allemagne" instead of "The capital..."); manifest.runtime says which level
+      // the build verified. Same level as smolchat.runtime_form.load_session.
+      graphOptimizationLevel: graphOptimization(bundle.manifest),
+      externalData: [{ path: externalDataName(bundle.manifest), data }],
+    });
+  } catch (e) {
+    const err = toSmolChatError(e);
+    if (err.kind === 'internal') {
+      throw makeError('bundle_corrupt', `ONNX Runtime could not load the model graph: ${err.message}`);
+    }
+    throw err;
+  }
+}

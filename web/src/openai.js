@@ -1,0 +1,274 @@
+// The OpenAI-shaped surface of a SmolChat instance: bot.chat.completions.create(body[, {signal}])
+// takes an OpenAI Chat Completions request and returns OpenAI's shapes, so code written for
+// the OpenAI client or WebLLM (`engine.chat.completions.create`) moves over by changing the
+// line that makes the client:
+//
+//   const completion = await bot.chat.completions.create({ messages, max_tokens: 64 });
+//   completion.choices[0].message.content, completion.usage.total_tokens
+//
+//   const stream = await bot.chat.completions.create({ messages, stream: true });
+//   for await (const chunk of stream) text += chunk.choices[0]?.delta?.content ?? '';
+//
+// `messages` drives the instance's conversation (it is stateful; the request is not): a
+// leading system (or developer) message becomes the system prompt (none: the model's default),
+// the turns before the last become the history (setConversationHistory), the last, a user
+// message, is sent with chat(). Afterwards the instance holds messages + the reply, so the
+// next request that extends them reuses the KV cache. Requests on one instance run one at
+// a time, in call order.
+//
+// Body fields: messages, model (any string, ignored: an instance runs one model; responses
+// name the bundle id), stream, stream_options {include_usage}, n (only 1), max_tokens /
+// max_completion_tokens, temperature, top_p, stop, seed, plus top_k and repetition_penalty
+// (WebLLM has them too). null means "not set". Any other field is an InvalidSetting error;
+// value ranges are checked by the engine (InvalidSetting names the field and its range).
+//
+// finish_reason: engine 'stop' (end-of-turn token or a stop string) -> 'stop'; 'length'
+// (max_tokens) -> 'length'; 'context' (the context window filled mid-reply) -> 'length', as
+// OpenAI reports a reply cut by the model's window; 'abort' -> 'abort' (WebLLM's value), seen
+// only when the reply was cancelled by something other than this request's signal (e.g.
+// setSystemPrompt while it ran). Aborting through the request's signal (or, when streaming,
+// stream.controller.abort()) rejects / throws an error named 'AbortError' whose .reply is the
+// partial SmolChat reply and .completion the partial ChatCompletion (finish_reason 'abort');
+// the streamed chunks already delivered stay delivered.
+//
+// Streaming: create() resolves, once the reply has started (first text, or the end), to an
+// async iterable of 'chat.completion.chunk' objects: first delta {role: 'assistant', content:
+// ''}, then one {content} per streamed piece, then {} with finish_reason and `usage`; with
+// stream_options.include_usage an extra last chunk with `choices: []` and `usage`, as OpenAI
+// sends it. Leaving the for-await loop early cancels the reply. `stream.controller` is an
+// AbortController, as on the OpenAI client's Stream.
+//
+// What this module ignores: how a reply is produced (smolchat.js, the engine).
+
+import { makeError, abortError } from './errors.js';
+
+// OpenAI body field -> SmolChat option name (smolchat.js OPTIONS).
+const SETTINGS = {
+  max_tokens: 'maxTokens', max_completion_tokens: 'maxTokens', temperature: 'temperature',
+  top_p: 'topP', stop: 'stop', seed: 'seed', top_k: 'topK', repetition_penalty: 'repetitionPenalty',
+};
+const FIELDS = ['messages', 'model', 'stream', 'stream_options', 'n', ...Object.keys(SETTINGS)];
+
+export const FINISH_REASONS = Object.freeze({ stop: 'stop', length: 'length', context: 'length', abort: 'abort' });
+
+function invalidSetting(field, value, allowed) {
+  let shown;
+  try { shown = JSON.stringify(value); } catch { shown = String(value); }
+  return makeError('invalid_setting', `invalid setting ${field}=${shown}: allowed ${allowed}`,
+    { field, value: shown, allowed });
+}
+
+function invalidInput(message, details = {}) {
+  return makeError('invalid_input', message, details);
+}
+
+// OpenAI content: a string, or an array of parts of which only {type: 'text', text} fit here.
+function textOf(content, i) {
+  if (typeof content === 'string') return content;
+  if (Array.isArray(content) && content.every((p) => p && p.type === 'text' && typeof p.text === 'string')) {
+    return content.map((p) => p.text).join('');
+  }
+  throw invalidInput(`messages[${i}].content must be a string or an array of {type: 'text', text} ` +
+    'parts: SmolLM2 reads text only', { index: i });
+}
+
+// body -> {system, history, message, options, stream, includeUsage}
+export function parseRequest(body) {
+  if (!body || typeof body !== 'object' || Array.isArray(body)) {
+    throw invalidInput('create() takes one object: {messages: [{role, content}, ...], ...}');
+  }
+  for (const key of Object.keys(body)) {
+    if (!FIELDS.includes(key)) throw invalidSetting(key, body[key], `one of ${FIELDS.join(', ')}`);
+  }
+  const { messages } = body;
+  if (!Array.isArray(messages) || messages.length === 0) {
+    throw invalidInput('messages must be a non-empty array of {role, content}, the last from the user');
+  }
+  const clean = messages.map((m, i) => {
+    if (!m || typeof m !== 'object') throw invalidInput(`messages[${i}] must be an object {role, content}`, { index: i });
+    const role = m.role === 'developer' ? 'system' : m.role;
+    if (!['system', 'user', 'assistant'].includes(role)) {
+      throw invalidInput(`messages[${i}].role is ${JSON.stringify(m.role)}: use system, user or assistant`, { index: i });
+    }
+    return { role, content: textOf(m.content, i) };
+  });
+  const system = clean[0].role === 'system' ? clean.shift().content : null;
+  const later = clean.findIndex((m) => m.role === 'system');
+  if (later >= 0) {
+    throw invalidInput('only the first message may be a system message: merge the system messages ' +
+      'into messages[0]', { index: later + (system === null ? 0 : 1) });
+  }
+  const last = clean.pop();
+  if (!last || last.role !== 'user') {
+    throw invalidInput('the last message must be from the user: it is the one the model answers');
+  }
+  if (body.model != null && typeof body.model !== 'string') throw invalidSetting('model', body.model, 'a string (ignored)');
+  if (body.n != null && body.n !== 1) throw invalidSetting('n', body.n, '1 (one choice per request)');
+  if (body.stream != null && typeof body.stream !== 'boolean') throw invalidSetting('stream', body.stream, 'true or false');
+  const stream = body.stream === true;
+  let includeUsage = false;
+  if (body.stream_options != null) {
+    const so = body.stream_options;
+    const keys = so && typeof so === 'object' ? Object.keys(so) : null;
+    if (!stream || !keys || keys.some((k) => k !== 'include_usage')
+        || (so.include_usage != null && typeof so.include_usage !== 'boolean')) {
+      throw invalidSetting('stream_options', so, '{include_usage: true|false}, with stream: true');
+    }
+    includeUsage = so.include_usage === true;
+  }
+  const options = {};
+  for (const [field, option] of Object.entries(SETTINGS)) {
+    if (body[field] == null) continue;
+    if (option in options) throw invalidSetting(field, body[field], 'max_tokens or max_completion_tokens, not both');
+    options[option] = body[field];
+  }
+  return { system, history: clean, message: last.content, options, stream, includeUsage };
+}
+
+function newId() {
+  const bytes = crypto.getRandomValues(new Uint8Array(12));
+  return 'chatcmpl-' + Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+function usageOf(reply) {
+  return {
+    prompt_tokens: reply.prompt_tokens,
+    completion_tokens: reply.completion_tokens,
+    total_tokens: reply.prompt_tokens + reply.completion_tokens,
+    prompt_tokens_details: { cached_tokens: reply.cached_prompt_tokens || 0 },
+    extra: { ...reply.timings, seed: reply.seed },   // SmolChat's timings (ms, tokens/s)
+  };
+}
+
+function finishReason(reply) {
+  return FINISH_REASONS[reply.finish_reason] || reply.finish_reason;
+}
+
+export function completionFromReply(reply, meta) {
+  return {
+    id: meta.id, object: 'chat.completion', created: meta.created, model: meta.model,
+    system_fingerprint: meta.fingerprint,
+    choices: [{ index: 0, message: { role: 'assistant', content: reply.text }, logprobs: null,
+                finish_reason: finishReason(reply) }],
+    usage: usageOf(reply),
+  };
+}
+
+function chunk(meta, delta, finish = null, extra = {}) {
+  return {
+    id: meta.id, object: 'chat.completion.chunk', created: meta.created, model: meta.model,
+    system_fingerprint: meta.fingerprint,
+    choices: [{ index: 0, delta, logprobs: null, finish_reason: finish }], ...extra,
+  };
+}
+
+// An async iterable of chunks: `first` (the role chunk), then what push() adds until end() or
+// fail(). `started` settles at the first push or at the end.
+class ChunkStream {
+  #items;
+  #wake = null;
+  #done = false;
+  #error = null;
+  #startedResolve;
+  #startedReject;
+  #finished = false;
+
+  constructor(controller, first) {
+    this.controller = controller;
+    this.#items = [first];
+    this.started = new Promise((resolve, reject) => { this.#startedResolve = resolve; this.#startedReject = reject; });
+    this.started.catch(() => {});
+  }
+
+  push(item) { this.#items.push(item); this.#startedResolve(); this.#poke(); }
+  end() { this.#done = true; this.#startedResolve(); this.#poke(); }
+  fail(error) { this.#error = error; this.#done = true; this.#startedReject(error); this.#poke(); }
+  #poke() { if (this.#wake) { const w = this.#wake; this.#wake = null; w(); } }
+
+  async *[Symbol.asyncIterator]() {
+    try {
+      for (;;) {
+        if (this.#items.length) { yield this.#items.shift(); continue; }
+        if (this.#done) {
+          if (this.#error) throw this.#error;
+          this.#finished = true;
+          return;
+        }
+        await new Promise((resolve) => { this.#wake = resolve; });
+      }
+    } finally {
+      if (!this.#finished && !this.#error) this.controller.abort(); // the consumer left early
+    }
+  }
+}
+
+// -> {create(body, {signal}?)}, attached by smolchat.js as bot.chat.completions.
+export function completions(bot) {
+  let queue = Promise.resolve();   // requests on one instance run in call order
+
+  function meta() {
+    const info = bot.loadInfo || {};
+    return {
+      id: newId(), created: Math.floor(Date.now() / 1000),
+      model: info.bundle_id || 'SmolLM2-135M-Instruct',
+      fingerprint: info.bundle_hash ? `fp_${String(info.bundle_hash).slice(0, 12)}` : null,
+    };
+  }
+
+  function abortWithPartial(err, m) {
+    if (err && err.name === 'AbortError' && err.reply) {
+      err.completion = completionFromReply(err.reply, m);
+      err.completion.choices[0].finish_reason = 'abort';
+    }
+    return err;
+  }
+
+  async function run(req, signal, m) {
+    if (signal && signal.aborted) throw abortError();
+    await bot.setSystemPrompt(req.system);
+    await bot.setConversationHistory(req.history);
+    if (!req.stream) {
+      try {
+        return completionFromReply(await bot.chat(req.message, { ...req.options, signal }), m);
+      } catch (e) { throw abortWithPartial(e, m); }
+    }
+    const controller = new AbortController();
+    const onAbort = () => controller.abort();
+    if (signal) signal.addEventListener('abort', onAbort, { once: true });
+    if (signal && signal.aborted) controller.abort();   // aborted while the conversation was set
+    const stream = new ChunkStream(controller, chunk(m, { role: 'assistant', content: '' }));
+    const finished = bot.chat(req.message, {
+      ...req.options, signal: controller.signal,
+      onToken: (text) => { if (text) stream.push(chunk(m, { content: text })); },
+    }).then((reply) => {
+      const usage = usageOf(reply);
+      stream.push(chunk(m, {}, finishReason(reply), { usage }));
+      if (req.includeUsage) stream.push({ ...chunk(m, {}), choices: [], usage });
+      stream.end();
+    }, (e) => stream.fail(abortWithPartial(e, m)))
+      .finally(() => { if (signal) signal.removeEventListener('abort', onAbort); });
+    await stream.started;   // an error before the first text (bad setting, abort) rejects create()
+    return { stream, finished };
+  }
+
+  async function create(body, { signal } = {}) {
+    const req = parseRequest(body);
+    const m = meta();
+    const previous = queue;
+    let release;
+    queue = new Promise((resolve) => { release = resolve; });
+    await previous;
+    let result;
+    try {
+      result = await run(req, signal, m);
+    } catch (e) {
+      release();
+      throw e;
+    }
+    if (!req.stream) { release(); return result; }
+    result.finished.finally(release);
+    return result.stream;
+  }
+
+  return { create };
+}

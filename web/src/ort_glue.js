@@ -1,0 +1,125 @@
+// Tensor and vocabulary helpers that py_runtime/smolchat/bridge.py calls, so Python never
+// loops over a 49,152-wide logits row or builds tensors element by element.
+//
+// Shapes: input_ids / position_ids [1, s] int64; attention_mask [1, past + s] int64;
+// KV tensors [1, heads, positions, head_dim] float32, kept in ONE JS array ordered like the
+// session's past_key_values.* input names; logits [1, s', vocab] float32 (s' is 1 when the
+// graph keeps the last position only).
+// Every ort.Tensor made or received here is counted until disposed (liveTensors()), so tests
+// can check that replaced KV tensors are released.
+//
+// What this module ignores: which names exist (the bridge reads them from the session) and
+// what to do with the candidates (the engine samples).
+
+import * as ort from './vendor/ort/ort.wasm.min.mjs';
+
+let live = 0;
+
+function made(t) { live += 1; return t; }
+function drop(t) { if (t) { t.dispose(); live -= 1; } }
+
+export function liveTensors() { return live; }
+
+export function emptyKV(count, heads, headDim) {
+  const kv = new Array(count);
+  for (let i = 0; i < count; i++) kv[i] = made(new ort.Tensor('float32', new Float32Array(0), [1, heads, 0, headDim]));
+  return kv;
+}
+
+// ids: Array of token ids; past: cached positions. Returns the feeds object for session.run.
+export function stepFeeds(pastNames, kv, ids, past, useMask, usePositions) {
+  const s = ids.length;
+  const feeds = {};
+  feeds.input_ids = made(new ort.Tensor('int64', BigInt64Array.from(ids, BigInt), [1, s]));
+  if (useMask) feeds.attention_mask = made(new ort.Tensor('int64', new BigInt64Array(past + s).fill(1n), [1, past + s]));
+  if (usePositions) {
+    const pos = new BigInt64Array(s);
+    for (let i = 0; i < s; i++) pos[i] = BigInt(past + i);
+    feeds.position_ids = made(new ort.Tensor('int64', pos, [1, s]));
+  }
+  for (let i = 0; i < pastNames.length; i++) feeds[pastNames[i]] = kv[i];
+  return feeds;
+}
+
+export function disposeInputs(feeds) {
+  for (const name of ['input_ids', 'attention_mask', 'position_ids']) if (feeds[name]) drop(feeds[name]);
+}
+
+// session.run results -> {kv: [present tensors in presentNames order], logits, length}.
+// Outputs nobody asked for are disposed at once.
+export function collect(results, presentNames) {
+  const wanted = new Set(presentNames);
+  wanted.add('logits');
+  for (const name of Object.keys(results)) { made(results[name]); if (!wanted.has(name)) drop(results[name]); }
+  const kv = presentNames.map((n) => results[n]);
+  return { kv, logits: results.logits, length: kv.length ? kv[0].dims[2] : -1 };
+}
+
+export function disposeStep(step) { disposeAll(step.kv); drop(step.logits); }
+
+export function disposeAll(tensors) { for (const t of tensors) drop(t); }
+
+export function disposeTensor(t) { drop(t); }
+
+// Keep the first `length` positions of every KV tensor (copies; the old ones stay untouched).
+export function sliceKV(kv, length) {
+  return kv.map((t) => {
+    const [b, heads, positions, headDim] = t.dims;
+    const src = t.data;
+    const out = new Float32Array(b * heads * length * headDim);
+    for (let h = 0; h < b * heads; h++) {
+      out.set(src.subarray(h * positions * headDim, h * positions * headDim + length * headDim), h * length * headDim);
+    }
+    return made(new ort.Tensor('float32', out, [b, heads, length, headDim]));
+  });
+}
+
+// Top-k (ids, logits) of the last position, best first, ties to the lower id, after the
+// HF repetition penalty on penaltyIds (positive logits / penalty, negative * penalty).
+// Returns [ids[], values[]] (plain arrays: Python converts them in one call).
+export function topK(logits, k, penalty, penaltyIds) {
+  const dims = logits.dims;
+  const vocab = dims[dims.length - 1];
+  const all = logits.data;
+  const row = all.subarray(all.length - vocab);
+  let adjusted = null;
+  if (penaltyIds && penalty !== 1) {
+    adjusted = new Map();
+    const p32 = Math.fround(penalty);
+    for (const id of penaltyIds) {
+      const v = row[id];
+      // float32 arithmetic, as numpy does it in the CPython backend (same ids on ties)
+      adjusted.set(id, v > 0 ? Math.fround(v / p32) : Math.fround(v * p32));
+    }
+  }
+  const value = (i) => (adjusted && adjusted.has(i) ? adjusted.get(i) : row[i]);
+  k = Math.max(1, Math.min(k, vocab));
+  if (k <= 64) {
+    const ids = [];
+    const vals = [];
+    for (let i = 0; i < vocab; i++) {
+      const v = adjusted ? value(i) : row[i];
+      if (ids.length === k && !(v > vals[k - 1])) continue;
+      let j = ids.length === k ? k - 1 : ids.length;
+      while (j > 0 && v > vals[j - 1]) { ids[j] = ids[j - 1]; vals[j] = vals[j - 1]; j--; }
+      ids[j] = i; vals[j] = v;
+    }
+    return [ids, vals];
+  }
+  const order = new Int32Array(vocab);
+  for (let i = 0; i < vocab; i++) order[i] = i;
+  const vals = new Float32Array(vocab);
+  for (let i = 0; i < vocab; i++) vals[i] = value(i);
+  order.sort((a, b) => (vals[b] - vals[a]) || (a - b));
+  const top = Array.from(order.subarray(0, k));
+  return [top, top.map((i) => vals[i])];
+}
+
+// Plain text -> ids with no special tokens added (the engine splits special tokens out first).
+export function encode(tokenizer, text) {
+  return tokenizer.encode(text, { add_special_tokens: false }).ids;
+}
+
+export function isOutOfMemory(text) {
+  return /out of memory|\bOOM\b|allocation failed|cannot enlarge memory/i.test(text);
+}

@@ -1,0 +1,70 @@
+// The one message protocol between the page (smolchat.js) and the worker (worker.js).
+//
+// Page -> worker: a request  {kind: <Request kind>, id: <int>, content: <object>}
+// Worker -> page: a reply    {kind: 'progress' | 'chunk' | 'return' | 'throw', id, content}
+//   progress: {stage, loaded, total, percent, message}   (load only, any number)
+//   chunk:    {text}                                       (streamed pieces of a reply)
+//   return:   <result>                                     (exactly one, ends the request)
+//   throw:    {kind, name, message, details}               (exactly one, ends the request)
+// A 'cancel' request {target: <id>} stops the streaming request `target`; it gets its own
+// 'return'. Ids are unique per page; the worker answers every request exactly once.
+//
+// What this module ignores: what the requests do (worker.js) and the public API (smolchat.js).
+
+import { errorFromWire } from './errors.js';
+
+export const Request = Object.freeze({
+  LOAD: 'load',                           // {bundleUrl, threads} -> info
+  CHAT: 'chat',                           // {message, settings} -> reply dict, streams chunks
+  INSTRUCT: 'instruct',                   // {message, settings} -> reply dict, streams chunks
+  GENERATE: 'generate',                   // {message, settings} -> reply dict, streams chunks
+  CANCEL: 'cancel',                       // {target} -> {cancelled: bool}
+  SET_SYSTEM_PROMPT: 'set_system_prompt', // {text|null} -> null (clears the chat)
+  CLEAR: 'clear',                         // {} -> null
+  HISTORY: 'history',                     // {} -> [{role, content}]
+  LOAD_HISTORY: 'load_history',           // {messages} -> null
+  INFO: 'info',                           // {} -> info dict
+  HEALTH: 'health',                       // {} -> health dict
+  ENCODE: 'encode',                       // {text} -> [ids] (the tokenizer the engine uses)
+  UNLOAD: 'unload',                       // {} -> null (releases sessions and tensors)
+});
+
+export const Reply = Object.freeze({
+  PROGRESS: 'progress',
+  CHUNK: 'chunk',
+  RETURN: 'return',
+  THROW: 'throw',
+});
+
+export const STREAMING = new Set([Request.CHAT, Request.INSTRUCT, Request.GENERATE]);
+
+// Load stages, in order, with their share of the overall progress bar (sums to 100).
+export const STAGES = Object.freeze([
+  { stage: 'download', share: 55, label: 'Downloading model' },
+  { stage: 'python', share: 10, label: 'Starting Python' },
+  { stage: 'compile', share: 20, label: 'Compiling model' },
+  { stage: 'warmup', share: 15, label: 'Warming up' },
+]);
+
+export function overallPercent(stage, fraction) {
+  let before = 0;
+  for (const s of STAGES) {
+    if (s.stage === stage) return Math.min(100, before + s.share * Math.max(0, Math.min(1, fraction)));
+    before += s.share;
+  }
+  return 100;
+}
+
+export function request(kind, id, content = {}) {
+  if (!Object.values(Request).includes(kind)) throw new TypeError(`unknown request kind ${kind}`);
+  return { kind, id, content };
+}
+
+export function reply(kind, id, content) {
+  return { kind, id, content };
+}
+
+// Page side: the error a 'throw' reply stands for.
+export function thrown(content) {
+  return errorFromWire(content);
+}

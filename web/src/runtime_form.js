@@ -1,0 +1,151 @@
+// Runtime form of a SmolChat model bundle, for the browser (and Node): expands the download
+// form `weights.bin` into the exact bytes of the graph's external-data file `model.data`,
+// following the table manifest.runtime.tensors (README, "Bundle format").
+//
+// Bit-identical with py_runtime/smolchat/runtime_form.py (tests/build checks both sha256):
+// every float operation is an IEEE float64 operation in the same order, float32 results go
+// through Math.fround / Float32Array, and rounding is Math.floor(x + 0.5).
+//
+// What it leaves to others: fetching/caching the files, verifying their sha256, creating the
+// ORT Web session: `ort.InferenceSession.create(modelBytes, {externalData: [{path:
+// manifest.runtime.external_data, data: expandRuntimeData(manifest, weightsBytes)}]})`.
+// Plain ES module, no dependencies. expandRuntimeData is synchronous.
+
+export const EXTERNAL_DATA_NAME = "model.data";
+
+const POW2 = (e) => Math.pow(2, e);
+
+// IEEE half (uint16 bits) -> Number, exact.
+function halfToNumber(h) {
+  const sign = h & 0x8000 ? -1 : 1;
+  const e = (h >> 10) & 0x1f;
+  const f = h & 0x3ff;
+  if (e === 0) return sign * f * POW2(-24);
+  if (e === 31) return f ? NaN : sign * Infinity;
+  return sign * (1 + f / 1024) * POW2(e - 15);
+}
+
+function f16Array(dv, off, count) {
+  const out = new Float64Array(count);
+  for (let i = 0; i < count; i++) out[i] = halfToNumber(dv.getUint16(off + 2 * i, true));
+  return out;
+}
+
+function f32Array(dv, off, count) {
+  const out = new Float64Array(count);
+  for (let i = 0; i < count; i++) out[i] = dv.getFloat32(off + 4 * i, true);
+  return out;
+}
+
+// 4-bit value number `idx` of the nibble stream at `off` (element 2i = low nibble of byte i).
+function nibble(w, off, idx) {
+  const b = w[off + (idx >> 1)];
+  return idx & 1 ? b >> 4 : b & 15;
+}
+
+// q4c_i8: value = col[n] * A[a] * (code + T[t]) (float64) -> int8 [K, N] with per-column
+// float32 scale s[n] = fround(max_k |value| / 127) (1 if 0), int8 = clamp(floor(v/s + 0.5)).
+function q4cI8(t, w, dv, out, outDv) {
+  const { n: N, k: K, block: QK, src } = t;
+  const nb = K / QK;
+  const col = f16Array(dv, src.col, N);
+  const A = f32Array(dv, src.a_levels, 16);
+  const T = f32Array(dv, src.t_levels, t.n_t);
+  const a4t4 = t.params === "a4t4";
+  const vals = new Float64Array(K);
+  const dst = new Int8Array(out.buffer, out.byteOffset + t.dst, N * K);
+  for (let n = 0; n < N; n++) {
+    let amax = 0;
+    for (let j = 0; j < nb; j++) {
+      const bi = n * nb + j;
+      let a, ti;
+      if (a4t4) {
+        const p = w[src.params + bi];
+        a = p >> 4;
+        ti = p & 15;
+      } else {
+        a = nibble(w, src.params, bi);
+        ti = 0;
+      }
+      const d = col[n] * A[a];
+      const tv = T[ti];
+      const base = n * K + j * QK;
+      for (let i = 0; i < QK; i++) {
+        const v = d * (nibble(w, src.codes, base + i) + tv);
+        vals[j * QK + i] = v;
+        const av = Math.abs(v);
+        if (av > amax) amax = av;
+      }
+    }
+    let s = Math.fround(amax / 127);
+    if (s === 0) s = 1;
+    for (let k = 0; k < K; k++) {
+      let q = Math.floor(vals[k] / s + 0.5);
+      if (q > 127) q = 127;
+      else if (q < -127) q = -127;
+      dst[k * N + n] = q;
+    }
+    outDv.setFloat32(t.dst_scale + 4 * n, s, true);
+  }
+}
+
+// q4_1_f32: value = fround(d * code + m), d/m float16 per block -> float32 [K, N].
+function q41F32(t, w, dv, out, outDv) {
+  const { n: N, k: K, block: QK, src } = t;
+  const nb = K / QK;
+  const d = f16Array(dv, src.d, N * nb);
+  const m = f16Array(dv, src.m, N * nb);
+  for (let n = 0; n < N; n++) {
+    for (let k = 0; k < K; k++) {
+      const b = n * nb + ((k / QK) | 0);
+      outDv.setFloat32(t.dst + 4 * (k * N + n), d[b] * nibble(w, src.codes, n * K + k) + m[b], true);
+    }
+  }
+}
+
+// q8_0_f32: value = fround(d * code), code int8, d float16 per block -> float32 [K, N].
+function q80F32(t, w, dv, out, outDv) {
+  const { n: N, k: K, block: QK, src } = t;
+  const nb = K / QK;
+  const d = f16Array(dv, src.d, N * nb);
+  const codes = new Int8Array(w.buffer, w.byteOffset + src.codes, N * K);
+  for (let n = 0; n < N; n++) {
+    for (let k = 0; k < K; k++) {
+      outDv.setFloat32(t.dst + 4 * (k * N + n), d[n * nb + ((k / QK) | 0)] * codes[n * K + k], true);
+    }
+  }
+}
+
+function copy(t, w, dv, out) {
+  out.set(w.subarray(t.src, t.src + t.bytes), t.dst);
+}
+
+const OPS = { q4c_i8: q4cI8, q4_1_f32: q41F32, q8_0_f32: q80F32, copy };
+
+/**
+ * Expand weights.bin into model.data (synchronous).
+ * @param {object} manifest  the bundle's manifest.json (or its `runtime` section)
+ * @param {Uint8Array} weightsBytes  the bytes of weights.bin
+ * @param {{onProgress?: (done: number, total: number) => void}} [options]
+ * @returns {Uint8Array} model.data, manifest.runtime.expanded_bytes long
+ */
+export function expandRuntimeData(manifest, weightsBytes, options = {}) {
+  const rt = manifest.runtime ?? manifest;
+  if (!(weightsBytes instanceof Uint8Array)) throw new TypeError("weightsBytes must be a Uint8Array");
+  const out = new Uint8Array(rt.expanded_bytes);
+  const dv = new DataView(weightsBytes.buffer, weightsBytes.byteOffset, weightsBytes.byteLength);
+  const outDv = new DataView(out.buffer);
+  const total = rt.tensors.length;
+  rt.tensors.forEach((t, i) => {
+    const op = OPS[t.op];
+    if (!op) throw new Error(`bundle_corrupt: unknown runtime op ${t.op}: update SmolChat`);
+    op(t, weightsBytes, dv, out, outDv);
+    if (options.onProgress) options.onProgress(i + 1, total);
+  });
+  return out;
+}
+
+/** Name of the external-data file the graph references (manifest.runtime.external_data). */
+export function externalDataName(manifest) {
+  return (manifest.runtime ?? manifest).external_data ?? EXTERNAL_DATA_NAME;
+}
