@@ -22,10 +22,10 @@ async function sha256Hex(bytes) {
   return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, '0')).join('');
 }
 
-async function fetchOrMissing(url) {
+async function fetchOrMissing(url, init = undefined) {
   let response;
   try {
-    response = await fetch(url);
+    response = await fetch(url, init);
   } catch (e) {
     throw makeError('bundle_missing', `could not fetch ${url} (${e.message}): is the server running?`, { url });
   }
@@ -60,7 +60,8 @@ async function readAll(response, expected, onBytes) {
 // -> {manifest, texts: {name: string}, graph: Uint8Array, weights: Uint8Array}
 export async function downloadBundle(bundleUrl, onProgress, { cache = true } = {}) {
   const base = bundleUrl.endsWith('/') ? bundleUrl : bundleUrl + '/';
-  const manifestText = await (await fetchOrMissing(base + 'manifest.json')).text();
+  const manifestText = await (await fetchOrMissing(base + 'manifest.json', { cache: 'no-store' })).text();
+  // no-store: the manifest decides whether the cached bundle is current, so it is never stale
   let manifest;
   try { manifest = JSON.parse(manifestText); } catch (e) {
     throw makeError('bundle_corrupt', `${base}manifest.json is not valid JSON: rebuild the bundle`);

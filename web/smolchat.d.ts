@@ -1,0 +1,275 @@
+// TypeScript declarations for SmolChat, served at /smolchat.d.ts:
+//   the JS API (/smolchat.js), its OpenAI-shaped surface (bot.chat.completions.create) and
+//   the <smol-chat> widget (/widget.js).
+//
+//   // tsconfig: "paths": { "https://your-host/smolchat.js": ["./smolchat.d.ts"] }, or
+//   /// <reference path="./smolchat.d.ts" /> and declare module aliases as you import them.
+
+// ---------------------------------------------------------------------------------------------
+// Errors (errors.js)
+// ---------------------------------------------------------------------------------------------
+
+export type SmolChatErrorKind =
+  | 'model_not_loaded' | 'invalid_setting' | 'context_window_exceeded' | 'bundle_missing'
+  | 'bundle_corrupt' | 'kv_cache_mismatch' | 'aborted' | 'out_of_memory' | 'storage_full'
+  | 'invalid_input' | 'internal';
+
+/** Every rejection is one of these; `name` is 'AbortError' for an aborted call. */
+export declare class SmolChatError extends Error {
+  kind: SmolChatErrorKind;
+  /** 'ModelNotLoaded' | 'InvalidSetting' | 'ContextWindowExceeded' | 'BundleMissing' |
+   *  'BundleCorrupt' | 'KVCacheMismatch' | 'AbortError' | 'OutOfMemory' | 'StorageFull' |
+   *  'InvalidInput' | 'InternalError' */
+  name: string;
+  /** e.g. {field, value, allowed} for InvalidSetting; {needed, window, ...} for ContextWindowExceeded */
+  details: Record<string, unknown>;
+  /** On an AbortError from chat/instruct/generate: the partial reply (finish_reason 'abort'). */
+  reply?: Reply;
+  /** On an AbortError from chat.completions.create: the partial ChatCompletion. */
+  completion?: ChatCompletion;
+  toJSON(): { kind: SmolChatErrorKind; name: string; message: string; details: Record<string, unknown> };
+}
+
+// ---------------------------------------------------------------------------------------------
+// JS API (smolchat.js)
+// ---------------------------------------------------------------------------------------------
+
+export type LoadStage = 'download' | 'python' | 'compile' | 'warmup';
+
+export interface LoadProgress {
+  stage: LoadStage;
+  /** overall percent, 0..100, over all stages */
+  percent: number;
+  /** download stage: bytes so far / bytes in all (from the network or Cache Storage) */
+  loaded?: number;
+  total?: number;
+}
+
+export interface LoadOptions {
+  /** Bundle folder URL, relative to the page. Default: the compact bundle next to smolchat.js. */
+  bundleUrl?: string;
+  onProgress?: (progress: LoadProgress) => void;
+  /** WASM threads; default 2 when the page is cross-origin isolated, else (always) 1. */
+  threads?: number;
+  systemPrompt?: string;
+  /** tokens, default 2048 */
+  contextWindow?: number;
+  /** false: do not use Cache Storage (default true) */
+  cache?: boolean;
+}
+
+/** Generation options; values are checked by the engine (InvalidSetting with the range). */
+export interface GenerateOptions {
+  /** [1, 8192], eos included */
+  maxTokens?: number;
+  /** [0, 2]; 0 = greedy */
+  temperature?: number;
+  /** [1, 200] */
+  topK?: number;
+  /** (0, 1] */
+  topP?: number;
+  /** [1, 2]; 1 = off */
+  repetitionPenalty?: number;
+  /** [0, 2^32 - 1]; unset = random per reply */
+  seed?: number;
+  /** up to 8 strings of 1..64 characters; not part of the reply text */
+  stop?: string | string[];
+  /** called with each streamed piece of text (complete UTF-8) */
+  onToken?: (text: string) => void;
+  /** abort: the call rejects with an error named 'AbortError' (its .reply is the partial reply) */
+  signal?: AbortSignal;
+}
+
+export type FinishReason = 'stop' | 'length' | 'abort' | 'context';
+
+export interface Reply {
+  text: string;
+  finish_reason: FinishReason;
+  prompt_tokens: number;
+  completion_tokens: number;
+  prompt_token_ids: number[];
+  output_token_ids: number[];
+  timings: { ttft_ms: number; prefill_ms: number; decode_tok_s: number; total_ms: number };
+  seed: number;
+  cached_prompt_tokens: number;
+  dropped_exchanges: number;
+}
+
+export interface ChatMessage {
+  role: 'system' | 'user' | 'assistant';
+  content: string;
+}
+
+export interface Info {
+  model_name: string;
+  bundle_id: string;
+  bundle_hash: string;
+  bundle_url: string;
+  threads: number;
+  cross_origin_isolated: boolean;
+  context_window: number;
+  system_prompt: string | null;
+  load_ms: number;
+  download_ms: number;
+  compile_ms: number;
+  warmup_ms: number;
+  download_bytes: number;
+  /** every bundle file came from Cache Storage */
+  from_cache: boolean;
+  /** 'hit' | 'miss' | 'disabled: <reason>' */
+  cache: string;
+  /** 'smolchat-<bundle_id>' */
+  cache_name: string;
+  /** bundle bytes fetched over the network by this load (manifest.json not counted) */
+  network_bytes: number;
+  [key: string]: unknown;
+}
+
+/** bot.chat: call it for a chat turn; bot.chat.completions.create is the OpenAI shape. */
+export interface ChatFunction {
+  (message: string, opts?: GenerateOptions): Promise<Reply>;
+  completions: Completions;
+}
+
+export declare class SmolChat {
+  static load(options?: LoadOptions): Promise<SmolChat>;
+  /** A chat turn with history; also carries .completions.create (OpenAI shape). */
+  chat: ChatFunction;
+  /** One instruction, no history; the conversation is left as it was. */
+  instruct(instruction: string, opts?: GenerateOptions): Promise<Reply>;
+  /** Raw continuation of a prompt, no chat template. */
+  generate(prompt: string, opts?: GenerateOptions): Promise<Reply>;
+  /** null: the model's default. Clears the conversation. */
+  setSystemPrompt(text: string | null): Promise<null>;
+  clearConversation(): Promise<null>;
+  getConversationHistory(): Promise<ChatMessage[]>;
+  /** An optional leading system message, then whole user/assistant pairs. */
+  setConversationHistory(messages: ChatMessage[]): Promise<null>;
+  encode(text: string): Promise<number[]>;
+  info(): Promise<Info>;
+  health(): Promise<{ status: string; reason: string | null; live_tensors?: number }>;
+  readonly loadInfo: Info | null;
+  unload(): Promise<void>;
+}
+
+export declare function defaultBundleUrl(): string;
+export default SmolChat;
+
+// ---------------------------------------------------------------------------------------------
+// OpenAI shape (openai.js): bot.chat.completions.create
+// ---------------------------------------------------------------------------------------------
+
+export type ContentPart = { type: 'text'; text: string };
+
+export interface ChatCompletionMessageParam {
+  /** 'developer' is taken as 'system'; only messages[0] may be one */
+  role: 'system' | 'developer' | 'user' | 'assistant';
+  content: string | ContentPart[];
+}
+
+export interface ChatCompletionCreateParams {
+  /** the last one must be from the user */
+  messages: ChatCompletionMessageParam[];
+  /** ignored (one instance runs one model); responses name the bundle id */
+  model?: string | null;
+  stream?: boolean | null;
+  stream_options?: { include_usage?: boolean } | null;
+  /** only 1 */
+  n?: 1 | null;
+  max_tokens?: number | null;
+  max_completion_tokens?: number | null;
+  temperature?: number | null;
+  top_p?: number | null;
+  stop?: string | string[] | null;
+  seed?: number | null;
+  /** extensions (WebLLM has them too) */
+  top_k?: number | null;
+  repetition_penalty?: number | null;
+}
+
+/** 'context' from the engine is reported as 'length'; 'abort' only when cancelled from elsewhere. */
+export type ChatCompletionFinishReason = 'stop' | 'length' | 'abort';
+
+export interface CompletionUsage {
+  prompt_tokens: number;
+  completion_tokens: number;
+  total_tokens: number;
+  prompt_tokens_details: { cached_tokens: number };
+  /** SmolChat's timings */
+  extra: { ttft_ms: number; prefill_ms: number; decode_tok_s: number; total_ms: number; seed: number };
+}
+
+export interface ChatCompletion {
+  id: string;
+  object: 'chat.completion';
+  /** unix seconds */
+  created: number;
+  model: string;
+  system_fingerprint: string | null;
+  choices: Array<{
+    index: 0;
+    message: { role: 'assistant'; content: string };
+    logprobs: null;
+    finish_reason: ChatCompletionFinishReason;
+  }>;
+  usage: CompletionUsage;
+}
+
+export interface ChatCompletionChunk {
+  id: string;
+  object: 'chat.completion.chunk';
+  created: number;
+  model: string;
+  system_fingerprint: string | null;
+  /** empty in the include_usage chunk */
+  choices: Array<{
+    index: 0;
+    delta: { role?: 'assistant'; content?: string };
+    logprobs: null;
+    finish_reason: ChatCompletionFinishReason | null;
+  }>;
+  /** on the finish chunk, and on the include_usage chunk */
+  usage?: CompletionUsage;
+}
+
+export interface ChatCompletionStream extends AsyncIterable<ChatCompletionChunk> {
+  /** abort() cancels the reply; the iteration then throws an AbortError */
+  controller: AbortController;
+}
+
+export interface Completions {
+  create(body: ChatCompletionCreateParams & { stream: true }, options?: { signal?: AbortSignal }): Promise<ChatCompletionStream>;
+  create(body: ChatCompletionCreateParams & { stream?: false | null }, options?: { signal?: AbortSignal }): Promise<ChatCompletion>;
+  create(body: ChatCompletionCreateParams, options?: { signal?: AbortSignal }): Promise<ChatCompletion | ChatCompletionStream>;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Widget (widget.js): <smol-chat>
+// ---------------------------------------------------------------------------------------------
+
+export declare class SmolChatElement extends HTMLElement {
+  /** the loaded instance, or null before load */
+  readonly bot: SmolChat | null;
+  /** load the model (once; later calls return the same promise) */
+  load(): Promise<SmolChat>;
+  info(): Promise<Info>;
+  /** send as if typed; rejects with AbortError when stopped */
+  send(text: string): Promise<Reply>;
+  stop(): void;
+  open(): void;
+  close(): void;
+  toggle(): void;
+}
+
+export declare function resolveBundleUrl(attr: string | null, base?: string): string;
+
+declare global {
+  interface HTMLElementTagNameMap {
+    'smol-chat': SmolChatElement;
+  }
+  interface HTMLElementEventMap {
+    'smolchat-ready': CustomEvent<Info>;
+    'smolchat-reply': CustomEvent<Reply>;
+    'smolchat-error': CustomEvent<SmolChatError>;
+  }
+}
