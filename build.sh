@@ -62,6 +62,9 @@ setup_chromium() {
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium fonts-liberation >/dev/null
 }
 
+# The default (compact) bundle: a 4 s no-op when it is up to date.
+ensure_bundle() { "$PY" -m smolchat_build bundle --preset compact; }
+
 has_flag() { local f="$1"; shift; for a in "$@"; do [ "$a" = "$f" ] && return 0; done; return 1; }
 runtime_of() { local prev=""; for a in "$@"; do
   case "$a" in --runtime=*) echo "${a#--runtime=}"; return;; esac
@@ -73,14 +76,14 @@ case "$cmd" in
   bundle)  setup_python; exec "$PY" -m smolchat_build bundle "$@" ;;
   score)   setup_python; exec "$PY" -m smolchat_build score "$@" ;;
   goldens) setup_python; exec "$PY" -m smolchat_build goldens "$@" ;;
-  chat)    setup_python; exec "$PY" -m smolchat chat "$@" ;;
+  chat)    setup_python; ensure_bundle; exec "$PY" -m smolchat chat "$@" ;;
   ask)
-    setup_python
+    setup_python; ensure_bundle
     if [ "$(runtime_of "$@")" = browser ]; then setup_node; setup_chromium; exec "$PY" -m smolchat_web ask "$@"; fi
     exec "$PY" -m smolchat ask "$@" ;;
-  serve)   setup_python; setup_node; exec "$PY" -m smolchat_web serve "$@" ;;
+  serve)   setup_python; setup_node; ensure_bundle; exec "$PY" -m smolchat_web serve "$@" ;;
   site)    setup_python; setup_node; exec "$PY" -m smolchat_web site "$@" ;;
-  eval)    setup_python; setup_node; setup_chromium; exec "$PY" -m smolchat_web eval "$@" ;;
+  eval)    setup_python; setup_node; setup_chromium; ensure_bundle; exec "$PY" -m smolchat_web eval "$@" ;;
   bench)   setup_python; setup_node; setup_chromium; exec "$PY" -m smolchat_bench "$@" ;;
   test)
     setup_python; setup_node; setup_chromium
