@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import BundleMissing, KVCacheMismatch
-from .vocab import ByteVocab, bundle_facts
+from .vocab import ByteVocab, bundle_facts, model_facts
 
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 PAST, PRESENT = "past_key_values.", "present."
@@ -32,20 +32,6 @@ PAST, PRESENT = "past_key_values.", "present."
 
 def _read_json(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-
-
-def llama_parameters(cfg: dict) -> int | None:
-    """Parameter count of a Llama config with tied embeddings (SmolLM2-135M: 134,515,008)."""
-    try:
-        h, n, i = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["intermediate_size"]
-        heads = cfg["num_attention_heads"]
-        kv = cfg.get("num_key_value_heads", heads)
-        d = cfg.get("head_dim") or h // heads
-    except KeyError:
-        return None
-    layer = h * heads * d * 2 + h * kv * d * 2 + 3 * h * i + 2 * h
-    embed = cfg["vocab_size"] * h * (1 if cfg.get("tie_word_embeddings", True) else 2)
-    return embed + n * layer + h
 
 
 class OnnxBackend:
@@ -101,15 +87,9 @@ class OnnxBackend:
     # -- protocol ------------------------------------------------------------------------
     def info(self) -> dict:
         import onnxruntime
-        m = self.manifest
-        source = (m.get("source") or {}).get("kind")
         return {
-            "model_name": m.get("model_name") or ("SmolLM2-135M-Instruct" if source != "tiny-random"
-                                                  else "tiny-random (random weights)"),
-            "parameters": m.get("parameters") or llama_parameters(self.config),
-            "bundle_id": m.get("bundle_id", self.bundle_dir.name),
-            "preset": m.get("preset"),
-            "source": source,
+            **model_facts(self.manifest, self.config),
+            "bundle_id": self.manifest.get("bundle_id", self.bundle_dir.name),
             "backend": "onnxruntime-python",
             "threads": self.threads,
             "max_context": self.max_context,

@@ -28,27 +28,12 @@ import sys
 from typing import Sequence
 
 from .errors import KVCacheMismatch, ModelNotLoaded, OutOfMemory, SmolChatError
-from .vocab import ByteVocab, bundle_facts
+from .vocab import ByteVocab, bundle_facts, model_facts
 
 def _to_js(value):
     from pyodide.ffi import to_js
     import js
     return to_js(value, dict_converter=js.Object.fromEntries)
-
-
-def _llama_parameters(cfg: dict) -> int | None:
-    """Same count as backend_onnx.llama_parameters (that module imports numpy, so it cannot
-    be imported here): tied-embedding Llama, SmolLM2-135M = 134,515,008."""
-    try:
-        h, n, i = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["intermediate_size"]
-        heads = cfg["num_attention_heads"]
-        kv = cfg.get("num_key_value_heads", heads)
-        d = cfg.get("head_dim") or h // heads
-        layer = h * heads * d * 2 + h * kv * d * 2 + 3 * h * i + 2 * h
-        return cfg["vocab_size"] * h * (1 if cfg.get("tie_word_embeddings", True) else 2) \
-            + n * layer + h
-    except KeyError:
-        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,14 +95,8 @@ class OrtWebBackend:
     # -- protocol ---------------------------------------------------------------------------
     def info(self) -> dict:
         m = self.manifest
-        source = (m.get("source") or {}).get("kind")
         return {
-            "model_name": m.get("model_name") or ("SmolLM2-135M-Instruct" if source != "tiny-random"
-                                                  else "tiny-random (random weights)"),
-            "parameters": m.get("parameters") or _llama_parameters(self.config),
-            "bundle_id": m.get("bundle_id"),
-            "preset": m.get("preset"),
-            "source": source,
+            **model_facts(m, self.config),
             "bundle_hash": m.get("bundle_hash"),
             "compute": (m.get("runtime") or {}).get("compute"),
             "backend": "onnxruntime-web",

@@ -69,3 +69,30 @@ def bundle_facts(tokenizer_json: dict, tokenizer_config: dict, config: dict,
         "eos_token_ids": tuple(eos) if isinstance(eos, list) else (int(eos),),
         "max_context": int(config.get("max_position_embeddings", 2048)),
     }
+
+
+def llama_parameters(cfg: dict) -> int | None:
+    """Parameter count of a Llama config with tied embeddings (SmolLM2-135M: 134,515,008)."""
+    try:
+        h, n, i = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["intermediate_size"]
+        heads = cfg["num_attention_heads"]
+        kv = cfg.get("num_key_value_heads", heads)
+        d = cfg.get("head_dim") or h // heads
+    except KeyError:
+        return None
+    layer = h * heads * d * 2 + h * kv * d * 2 + 3 * h * i + 2 * h
+    embed = cfg["vocab_size"] * h * (1 if cfg.get("tie_word_embeddings", True) else 2)
+    return embed + n * layer + h
+
+
+def model_facts(manifest: dict, config: dict) -> dict:
+    """The model part of Backend.info(), the same for every backend."""
+    source = (manifest.get("source") or {}).get("kind")
+    return {
+        "model_name": manifest.get("model_name") or (
+            "SmolLM2-135M-Instruct" if source != "tiny-random" else "tiny-random (random weights)"),
+        "parameters": manifest.get("parameters") or llama_parameters(config),
+        "bundle_id": manifest.get("bundle_id"),
+        "preset": manifest.get("preset"),
+        "source": source,
+    }

@@ -8,7 +8,8 @@ from __future__ import annotations
 import asyncio
 import json
 
-from smolchat.bridge import WorkerHost, _llama_parameters
+from smolchat.bridge import WorkerHost
+from smolchat.vocab import llama_parameters
 from smolchat.engine import ChatEngine
 from smolchat.fake_backend import FakeBackend
 
@@ -77,4 +78,4 @@ def test_sync_calls_round_trip_history():
 def test_parameter_count_of_smollm2_135m():
     cfg = {"hidden_size": 576, "num_hidden_layers": 30, "intermediate_size": 1536,
            "num_attention_heads": 9, "num_key_value_heads": 3, "vocab_size": 49152}
-    assert _llama_parameters(cfg) == 134_515_008
+    assert llama_parameters(cfg) == 134_515_008
