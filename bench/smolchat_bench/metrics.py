@@ -1,0 +1,127 @@
+"""Raw measurements -> figures. Pure functions of the per-repetition records that
+browser.py and native.py produce (dicts with ready times, turns with in-page timestamps).
+
+A turn record: {t0, times[], tokens, promptTokens, ...}: t0 when the message was sent,
+times[i] when the i-th streamed piece arrived (ms, same clock). Definitions:
+- ttft_ms = times[0] - t0 (template + tokenization + prefill + first sampling step);
+- decode_tok_s = (n - 1) / (times[-1] - times[0]) with n the generated tokens (the system's
+  own count when it reports one, else the number of pieces);
+- prefill_tok_s = prompt tokens of the ~500-token turn / its ttft.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+MB = 1e6
+
+# name -> (unit, which way is better, label in the table)
+METRICS = {
+    "ready_cold_ms": ("ms", "lower", "ready, cold (ms)"),
+    "ready_cached_ms": ("ms", "lower", "ready, model cached (ms)"),
+    "ttft_first_ms": ("ms", "lower", "TTFT first message + system prompt (ms)"),
+    "ttft_followup_ms": ("ms", "lower", "TTFT follow-up message (ms)"),
+    "decode_tok_s": ("tok/s", "higher", "decode (tok/s)"),
+    "prefill_tok_s": ("tok/s", "higher", "prefill, ~500-token prompt (tok/s)"),
+    "memory_uasm_mb": ("MB", "lower", "peak JS+wasm memory, measureUserAgentSpecificMemory (MB)"),
+    "memory_rss_page_mb": ("MB", "lower", "peak RSS, page renderer / native process (MB)"),
+    "memory_rss_total_mb": ("MB", "lower", "peak RSS, all browser processes (MB)"),
+}
+
+
+def summary(samples: list[float], unit: str, better: str) -> dict:
+    xs = [float(x) for x in samples if x is not None]
+    return {"unit": unit, "better": better, "n": len(xs), "samples": [round(x, 3) for x in xs],
+            "min": round(min(xs), 3) if xs else None,
+            "median": round(statistics.median(xs), 3) if xs else None,
+            "max": round(max(xs), 3) if xs else None}
+
+
+def ttft_ms(turn: dict) -> float | None:
+    if turn.get("times"):
+        return turn["times"][0] - turn["t0"]
+    # no streamed piece (the only token was an end token): the reply's end is the first token
+    return turn["t1"] - turn["t0"] if turn.get("tokens") else None
+
+
+def generated(turn: dict) -> int:
+    return turn["tokens"] if turn.get("tokens") is not None else len(turn.get("times") or [])
+
+
+def decode_tok_s(turn: dict) -> float | None:
+    times, n = turn.get("times") or [], generated(turn)
+    if n < 2 or len(times) < 2 or times[-1] <= times[0]:
+        return None
+    return (n - 1) / ((times[-1] - times[0]) / 1000.0)
+
+
+def figures(reps: list[dict], prompt_tokens_long: int | None) -> dict:
+    """Per-repetition records -> {metric: summary}. A record holds ready_cold_ms,
+    ready_cached_ms?, turns{first, followup, long}, uasm [{bytes, by_scope}|None],
+    rss_page_peak_bytes, rss_total_peak_bytes when measured."""
+    col = {k: [] for k in METRICS}
+    for r in reps:
+        t = r["turns"]
+        col["ready_cold_ms"].append(r.get("ready_cold_ms"))
+        col["ready_cached_ms"].append(r.get("ready_cached_ms"))
+        col["ttft_first_ms"].append(ttft_ms(t["first"]))
+        col["ttft_followup_ms"].append(ttft_ms(t["followup"]))
+        col["decode_tok_s"] += [decode_tok_s(t["first"]), decode_tok_s(t["followup"])]
+        n_long = prompt_tokens_long or t["long"].get("promptTokens")
+        tt = ttft_ms(t["long"])
+        col["prefill_tok_s"].append(n_long / (tt / 1000.0) if n_long and tt else None)
+        uasm = [m["bytes"] for m in r.get("uasm") or [] if m]
+        col["memory_uasm_mb"].append(max(uasm) / MB if uasm else None)
+        page = r.get("rss_page_peak_bytes")
+        col["memory_rss_page_mb"].append(page / MB if page else None)
+        tot = r.get("rss_total_peak_bytes")
+        col["memory_rss_total_mb"].append(tot / MB if tot else None)
+    return {k: summary(v, *METRICS[k][:2]) for k, v in col.items()}
+
+
+def token_counts(reps: list[dict]) -> dict:
+    """What was actually generated/prefilled (to see that every system ran the same work)."""
+    out = {}
+    for name in ("first", "followup", "long"):
+        out[name] = {"generated": [generated(r["turns"][name]) for r in reps],
+                     "prompt_tokens_reported": [r["turns"][name].get("promptTokens") for r in reps]}
+    return out
+
+
+def decode_profile(reps: list[dict]) -> dict | None:
+    """Mean ms per decode step by part, from turns whose extra carries a decode_profile
+    {<part>_ms: total, ..., steps: n} (native ORT today; SmolChat when its engine reports
+    one under extra.profile)."""
+    totals, steps = {}, 0
+    for r in reps:
+        for name in ("first", "followup"):
+            extra = r["turns"][name].get("extra") or {}
+            prof = extra.get("decode_profile") or extra.get("profile")
+            if not isinstance(prof, dict) or not prof.get("steps"):
+                continue
+            steps += prof["steps"]
+            for k, v in prof.items():
+                if k != "steps" and isinstance(v, (int, float)):
+                    totals[k] = totals.get(k, 0.0) + v
+    if not steps:
+        return None
+    per = {k: round(v / steps, 4) for k, v in totals.items()}
+    per["total_ms"] = round(sum(v for k, v in per.items() if k.endswith("_ms")), 4)
+    return {"unit": "ms per decode step", "steps": steps, "per_step": per}
+
+
+def engine_reported(reps: list[dict]) -> dict | None:
+    """The figures SmolChat's engine reports about itself (reply.timings, Python clock in the
+    worker) next to the page-measured ones: the gap is worker messaging + main-thread
+    scheduling, i.e. what the engine's own numbers do not see."""
+    col = {"ttft_first_ms": [], "ttft_followup_ms": [], "decode_tok_s": []}
+    for r in reps:
+        for name in ("first", "followup"):
+            t = ((r["turns"][name].get("extra") or {}).get("timings")) or {}
+            if "ttft_ms" in t:
+                col[f"ttft_{name}_ms"].append(t["ttft_ms"])
+            if t.get("decode_tok_s"):
+                col["decode_tok_s"].append(t["decode_tok_s"])
+    if not any(col.values()):
+        return None
+    return {k: summary(v, *METRICS[k][:2]) for k, v in col.items()}

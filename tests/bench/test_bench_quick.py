@@ -1,0 +1,128 @@
+"""The benchmark's quick mode runs end to end and writes well-formed results.
+
+No timing assertions: figures depend on the machine. What is checked: the command exits 0,
+the JSON has every field with the right types and units, statistics are consistent
+(min <= median <= max, n = number of samples), a browser anchor (wllama, headless Chromium)
+and the native ORT reference actually ran, and the Markdown carries the table.
+Subset kept small for CI (< ~4 min): native + wllama, 1 thread, 4 new tokens, 1 repetition.
+The pure parts (metrics, ratios) are checked on hand-made records without a browser.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from smolchat_bench import metrics, report
+from smolchat_bench.paths import bundle_dir
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _turn(t0, times, tokens=None, prompt=None):
+    return {"t0": t0, "t1": times[-1] if times else t0, "times": times, "tokens": tokens,
+            "promptTokens": prompt, "text": "x", "extra": None}
+
+
+def test_metrics_definitions():
+    first = _turn(100.0, [300.0, 400.0, 500.0], tokens=3)
+    assert metrics.ttft_ms(first) == 200.0
+    assert metrics.decode_tok_s(first) == pytest.approx(2 / 0.2)
+    # pieces fewer than tokens (a streamed piece may hold several tokens): the count wins
+    assert metrics.decode_tok_s(_turn(0.0, [10.0, 110.0], tokens=11)) == pytest.approx(100.0)
+    assert metrics.decode_tok_s(_turn(0.0, [10.0], tokens=1)) is None
+    rep = {"ready_cold_ms": 1000.0, "ready_cached_ms": 500.0,
+           "turns": {"first": first, "followup": _turn(0.0, [50.0, 150.0]),
+                     "long": _turn(0.0, [250.0], tokens=1, prompt=500)},
+           "uasm": [None, {"bytes": 2e8}, {"bytes": 3e8}], "rss_page_peak_bytes": 4e8}
+    f = metrics.figures([rep], None)
+    assert set(f) == set(metrics.METRICS)
+    assert f["prefill_tok_s"]["median"] == pytest.approx(2000.0)
+    assert f["memory_uasm_mb"]["median"] == pytest.approx(300.0)
+    assert f["memory_rss_total_mb"]["n"] == 0 and f["memory_rss_total_mb"]["median"] is None
+    assert f["decode_tok_s"]["n"] == 2
+
+
+def test_advantage_direction():
+    fast = metrics.summary([10.0], "ms", "lower")
+    slow = metrics.summary([40.0], "ms", "lower")
+    assert report.advantage(fast, slow) == pytest.approx(4.0)
+    hi = metrics.summary([80.0], "tok/s", "higher")
+    lo = metrics.summary([20.0], "tok/s", "higher")
+    assert report.advantage(hi, lo) == pytest.approx(4.0)
+    assert report.advantage(None, lo) is None
+
+
+def _check_summary(name, s):
+    unit, better, _ = metrics.METRICS[name]
+    assert s["unit"] == unit and s["better"] == better, name
+    assert isinstance(s["n"], int) and s["n"] == len(s["samples"]), name
+    assert all(isinstance(x, float) for x in s["samples"]), name
+    if s["n"]:
+        assert s["min"] <= s["median"] <= s["max"], name
+        assert all(x > 0 for x in s["samples"]), name
+    else:
+        assert s["min"] is s["median"] is s["max"] is None, name
+
+
+@pytest.mark.browser
+def test_quick_mode_end_to_end(tmp_path):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(str(ROOT / p) for p in ("bench", "build", "py_runtime", "web"))
+    cmd = [sys.executable, "-m", "smolchat_bench", "--quick", "--systems", "native,wllama",
+           "--threads", "1", "--max-tokens", "4", "--out", str(tmp_path)]
+    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=420)
+    assert p.returncode == 0, p.stderr[-3000:]
+
+    res = json.loads((tmp_path / "latest.json").read_text())
+    assert res["schema"] == "smolchat-bench/1" and res["mode"] == "quick"
+    s = res["settings"]
+    assert s["threads"] == [1] and s["reps"] == 1 and s["max_new_tokens"] == 4
+    assert s["sampling"] == "greedy"
+    assert all(isinstance(n, int) and n > 0 for n in s["prompt_tokens"].values())
+    la = res["load_average"]
+    assert len(la["start"]) == 3 and len(la["end"]) == 3 and isinstance(la["max_1min"], float)
+    assert res["machine"]["cpus"] >= 1 and "hromium" in res["machine"]["chromium"]
+
+    systems = res["systems"]
+    for name, v in systems.items():
+        assert v["kind"] in ("browser", "native") and isinstance(v["available"], bool), name
+        if not v["available"]:
+            assert isinstance(v["reason"], str) and v["reason"], name
+            continue
+        assert v["reason"] is None and set(v["runs"]) == {"1"}, name
+        run = v["runs"]["1"]
+        assert run["threads"] == 1 and isinstance(run["info"], dict), name
+        assert set(run["metrics"]) == set(metrics.METRICS), name
+        for m, summ in run["metrics"].items():
+            _check_summary(m, summ)
+        for turn in ("first", "followup", "long"):
+            gen = run["tokens"][turn]["generated"]
+            assert len(gen) == 1 and 1 <= gen[0] <= 4, (name, turn)
+        for m in ("ttft_first_ms", "ttft_followup_ms", "decode_tok_s", "prefill_tok_s",
+                  "ready_cold_ms", "memory_rss_page_mb"):
+            assert run["metrics"][m]["n"] >= 1, (name, m)
+
+    wl = systems["wllama"]
+    assert wl["available"], wl.get("reason")
+    run = wl["runs"]["1"]
+    assert run["cross_origin_isolated"] is True
+    assert run["metrics"]["ready_cached_ms"]["n"] == 1
+    assert run["metrics"]["memory_uasm_mb"]["n"] == 1  # measureUserAgentSpecificMemory worked
+    if bundle_dir() is not None:
+        assert systems["native_ort"]["available"], systems["native_ort"].get("reason")
+        assert systems["native_ort"]["runs"]["1"]["decode_profile"]["per_step"]["ort_run_ms"] > 0
+    llama = systems["native_llamacpp"]  # optional: built only on request, never in CI
+    assert llama["available"] or "llama-cpp-python" in llama["reason"]
+
+    md = (tmp_path / "latest.md").read_text()
+    assert md.startswith("# SmolChat benchmark (quick mode")
+    assert "## 1 thread" in md and "| metric | wllama" in md
+    assert "## Issue 6 targets" in md and "## Decode step profile" in md
+    rows = [ln for ln in md.splitlines() if ln.startswith("| ")]
+    assert all(ln.count("|") == rows[0].count("|") for ln in rows[:len(metrics.METRICS) + 1])
