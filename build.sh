@@ -90,8 +90,29 @@ case "$cmd" in
     # The real build runs first: the tests check what ships (size gate, parity, goldens).
     "$PY" -m smolchat_build bundle --preset compact
     "$PY" -m smolchat_build bundle --preset exact
-    [ -d web/smolchat_web ] && "$PY" -m smolchat_web site
-    exec "$PY" -m pytest "$@" ;;
+    "$PY" -m smolchat_build bundle --source tiny-random --out models/tiny-random
+    "$PY" -m smolchat_web site
+    # With arguments: one pytest run as asked. Without: one process per test area, because a
+    # browser area's sync Playwright keeps an event loop running for the rest of its process
+    # (asyncio.run() in the next area's tests would fail). Results are summed at the end.
+    [ $# -gt 0 ] && exec "$PY" -m pytest "$@"
+    rm -rf .cache/junit; mkdir -p .cache/junit; status=0
+    for area in build engine web embed bench; do
+      [ -d "tests/$area" ] || continue
+      log "pytest tests/$area"
+      "$PY" -m pytest "tests/$area" --junitxml=".cache/junit/$area.xml" || status=1
+    done
+    "$PY" - <<'PYEOF'
+import glob, xml.etree.ElementTree as ET
+t = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+for f in glob.glob(".cache/junit/*.xml"):
+    for s in ET.parse(f).getroot().iter("testsuite"):
+        for k in t:
+            t[k] += int(s.get(k, 0))
+passed = t["tests"] - t["failures"] - t["errors"] - t["skipped"]
+print(f"all areas: {passed} passed, {t['failures'] + t['errors']} failed, {t['skipped']} skipped")
+PYEOF
+    exit $status ;;
   help|-h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' ;;
   *) echo "error: unknown command '$cmd' (try ./build.sh help)" >&2; exit 2 ;;
 esac

@@ -44,7 +44,11 @@ def test_two_turn_chat_uses_the_first_turn(chat):
     # and reuses the KV cache of the first exchange instead of prefilling it again.
     assert second["prompt_token_ids"][:len(first["prompt_token_ids"])] == first["prompt_token_ids"]
     assert second["cached_prompt_tokens"] >= len(first["prompt_token_ids"])
-    assert "Alice" in second["text"], second["text"]
+    # ... and carries the first reply too (whether a 135M model then recalls the name is the
+    # model's quality, not the product's: the fp32 reference itself often does not).
+    reply_ids = [t for t in first["output_token_ids"] if t != 2]  # without the closing eos
+    start = len(first["prompt_token_ids"])
+    assert second["prompt_token_ids"][start:start + len(reply_ids)] == reply_ids
     history = chat.call("getConversationHistory()")
     assert [m["role"] for m in history] == ["user", "assistant", "user", "assistant"]
 

@@ -1,6 +1,13 @@
 """`python -m smolchat_web ask/eval` (what `./build.sh ask --runtime browser` and
 `./build.sh eval` run) on the real bundle, and greedy parity with the CPython runtime
-(`python -m smolchat ask --json`): same bundle, same runtime form, same output token ids."""
+(`python -m smolchat ask --json`): same bundle, same runtime form.
+
+Parity is exact on the `exact` bundle (fp32 graph): ORT Web's WASM kernels and native MLAS
+differ only in float rounding, which never flipped a greedy token there. On `compact` the
+graph re-quantizes every activation to int8 per token, so those last-bit differences can move
+a value across a rounding boundary and greedy paths part after a while (measured 2026-11-22:
+"Give me three tips..." parts at token 14): there the test holds prompt ids equal and the
+opening tokens equal, and records the agreement."""
 
 from __future__ import annotations
 
@@ -69,10 +76,44 @@ def test_eval_writes_one_line_per_turn(browser_eval):
     assert b["prompt_token_ids"][:len(a["prompt_token_ids"])] == a["prompt_token_ids"]
 
 
-def test_greedy_token_ids_match_the_python_runtime(browser_eval, bundle_dir):
+OPENING_TOKENS = 8  # compact: greedy tokens that must agree before float noise may matter
+
+
+def _common_prefix(a: list, b: list) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def test_compact_browser_and_python_agree_on_prompt_and_opening(browser_eval, bundle_dir,
+                                                                 artifacts):
+    agreement = {}
     for prompt, row in zip(PROMPTS, browser_eval):
         py = python_ask(bundle_dir, prompt)
         assert set(py) >= PY_KEYS
+        assert row["prompt_token_ids"] == py["prompt_token_ids"], prompt
+        n = _common_prefix(row["output_token_ids"], py["output_token_ids"])
+        agreement[prompt] = {"common_prefix": n, "browser": len(row["output_token_ids"]),
+                             "python": len(py["output_token_ids"])}
+        assert n >= min(OPENING_TOKENS, len(py["output_token_ids"])), (prompt, agreement)
+    (artifacts / "compact-parity.json").write_text(json.dumps(agreement, indent=2))
+
+
+def test_exact_greedy_token_ids_match_the_python_runtime(tmp_path):
+    exact = ROOT / "models" / "smollm2-135m-instruct-exact"
+    if not (exact / "manifest.json").is_file():
+        pytest.fail(f"{exact}/ is missing: build it with ./build.sh bundle --preset exact",
+                    pytrace=False)
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_text("".join(json.dumps({"id": f"p{i}", "turns": [p], "settings": {
+        "temperature": 0, "max_tokens": MAX_TOKENS}}) + "\n" for i, p in enumerate(PROMPTS)))
+    run(["-m", "smolchat_web", "eval", str(src), "--out", str(out), "--bundle", str(exact)])
+    rows = [json.loads(l) for l in out.read_text().splitlines()]
+    assert len(rows) == len(PROMPTS)
+    for prompt, row in zip(PROMPTS, rows):
+        assert "error" not in row, row
+        py = python_ask(exact, prompt)
         assert row["prompt_token_ids"] == py["prompt_token_ids"], prompt
         assert row["output_token_ids"] == py["output_token_ids"], prompt
         assert row["reply"] == py["reply"]
