@@ -46,9 +46,11 @@ def test_two_turn_chat_uses_the_first_turn(chat):
     assert second["cached_prompt_tokens"] >= len(first["prompt_token_ids"])
     # ... and carries the first reply too (whether a 135M model then recalls the name is the
     # model's quality, not the product's: the fp32 reference itself often does not).
-    reply_ids = [t for t in first["output_token_ids"] if t != 2]  # without the closing eos
+    # History keeps the reply as text, so the second prompt holds its encoding (the JS
+    # tokenizer's ids of that text) right after the first prompt.
+    reply_ids = chat.call("encode(arg)", first["text"])
     start = len(first["prompt_token_ids"])
-    assert second["prompt_token_ids"][start:start + len(reply_ids)] == reply_ids
+    assert reply_ids and second["prompt_token_ids"][start:start + len(reply_ids)] == reply_ids
     history = chat.call("getConversationHistory()")
     assert [m["role"] for m in history] == ["user", "assistant", "user", "assistant"]
 
