@@ -225,10 +225,18 @@ def test_openai_stream_abort_and_early_break(api):
     ({"messages": [{"role": "tool", "content": "x"}]}, "InvalidInput", ["role"]),
 ])
 def test_openai_bad_requests_are_typed_errors(api, body, name, words):
-    r = call(api, """try { await bot.chat.completions.create(arg); return null; }
-                     catch (e) { return { name: e.name, kind: e.kind, message: e.message, ok: e instanceof Error }; }""", body)
-    assert r is not None and r["ok"] and r["name"] == name, r
-    assert all(w in r["message"] for w in words), r
+    kept = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi, I am Ana."},
+            {"role": "assistant", "content": "Hello Ana!"}]
+    r = call(api, """await bot.setConversationHistory(arg.kept);
+                     let error = null;
+                     try { await bot.chat.completions.create(arg.body); }
+                     catch (e) { error = { name: e.name, kind: e.kind, message: e.message, ok: e instanceof Error }; }
+                     return { error, history: await bot.getConversationHistory() };""",
+             {"kept": kept, "body": body})
+    e = r["error"]
+    assert e is not None and e["ok"] and e["name"] == name, r
+    assert all(w in e["message"] for w in words), r
+    assert r["history"] == kept   # a rejected request loses nothing: the conversation stays
 
 
 def test_the_example_page_buttons(api):

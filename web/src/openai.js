@@ -223,14 +223,26 @@ export function completions(bot) {
     return err;
   }
 
+  // A request the engine rejects before generating (bad setting, context too small) leaves
+  // the conversation as it was before the request: bad input loses nothing.
+  async function restoring(before, e) {
+    if (!e || e.name === 'AbortError') return e;
+    try {
+      await bot.setSystemPrompt(null);
+      await bot.setConversationHistory(before);
+    } catch { /* the original error is the one to report */ }
+    return e;
+  }
+
   async function run(req, signal, m) {
     if (signal && signal.aborted) throw abortError();
+    const before = await bot.getConversationHistory();
     await bot.setSystemPrompt(req.system);
     await bot.setConversationHistory(req.history);
     if (!req.stream) {
       try {
         return completionFromReply(await bot.chat(req.message, { ...req.options, signal }), m);
-      } catch (e) { throw abortWithPartial(e, m); }
+      } catch (e) { throw abortWithPartial(await restoring(before, e), m); }
     }
     const controller = new AbortController();
     const onAbort = () => controller.abort();
@@ -247,7 +259,9 @@ export function completions(bot) {
       stream.end();
     }, (e) => stream.fail(abortWithPartial(e, m)))
       .finally(() => { if (signal) signal.removeEventListener('abort', onAbort); });
-    await stream.started;   // an error before the first text (bad setting, abort) rejects create()
+    try {
+      await stream.started; // an error before the first text (bad setting, abort) rejects create()
+    } catch (e) { throw await restoring(before, e); }
     return { stream, finished };
   }
 
