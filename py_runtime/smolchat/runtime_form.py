@@ -41,7 +41,7 @@ def read_manifest(bundle_dir) -> dict:
     return man
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
@@ -59,7 +59,7 @@ def verify_bundle(bundle_dir) -> dict:
             raise BundleMissing(f"{p} is missing: rebuild the bundle (./build.sh bundle)",
                                 path=str(p))
         size = p.stat().st_size
-        if size != info["bytes"] or _sha256(p) != info["sha256"]:
+        if size != info["bytes"] or sha256_file(p) != info["sha256"]:
             raise BundleCorrupt(f"{p} does not match manifest.json (bytes {size} vs "
                                 f"{info['bytes']} or sha256 differs): rebuild the bundle",
                                 path=str(p))

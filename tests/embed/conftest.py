@@ -23,7 +23,6 @@ from urllib.parse import urlsplit
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-ARTIFACTS = ROOT / "test-artifacts"
 COMPACT = ROOT / "models" / "smollm2-135m-instruct-compact"
 TINY = ROOT / "models" / "tiny-random"
 LOAD_TIMEOUT_MS = 240_000
@@ -38,13 +37,6 @@ def require_bundle(path: Path) -> Path:
                     f"`./build.sh bundle --preset compact` (tiny: `./build.sh bundle --source "
                     f"tiny-random --out models/tiny-random`)", pytrace=False)
     return path
-
-
-@pytest.fixture(scope="session")
-def site():
-    from smolchat_web.site import DIST, build_site
-    build_site(log=lambda m: None)
-    return DIST
 
 
 @pytest.fixture(scope="session")
@@ -104,22 +96,6 @@ def host():
     handler.url = f"http://localhost:{server.server_address[1]}"
     yield handler
     server.shutdown()
-
-
-@pytest.fixture(scope="session")
-def browser():
-    from playwright.sync_api import sync_playwright
-    from smolchat_web.headless import launch_browser
-    with sync_playwright() as p:
-        b = launch_browser(p)
-        yield b
-        b.close()
-
-
-@pytest.fixture(scope="session")
-def artifacts():
-    ARTIFACTS.mkdir(exist_ok=True)
-    return ARTIFACTS
 
 
 class BundleTraffic:

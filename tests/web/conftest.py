@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-ARTIFACTS = ROOT / "test-artifacts"
 # The bundle under test: compact by default; SMOLCHAT_WEB_TEST_BUNDLE=<folder> for another one
 # (e.g. models/tiny-random while developing: the mechanics run, the "Paris" checks fail).
 COMPACT = Path(os.environ.get("SMOLCHAT_WEB_TEST_BUNDLE", ROOT / "models" / "smollm2-135m-instruct-compact"))
@@ -37,34 +36,11 @@ def bundle_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def site():
-    from smolchat_web.site import DIST, build_site
-    build_site(log=lambda m: None)
-    return DIST
-
-
-@pytest.fixture(scope="session")
 def origin(site):
     from smolchat_web.server import serve_in_thread
     server, url = serve_in_thread(site)
     yield url
     server.shutdown()
-
-
-@pytest.fixture(scope="session")
-def browser():
-    from playwright.sync_api import sync_playwright
-    from smolchat_web.headless import launch_browser
-    with sync_playwright() as p:
-        b = launch_browser(p)
-        yield b
-        b.close()
-
-
-@pytest.fixture(scope="session")
-def artifacts():
-    ARTIFACTS.mkdir(exist_ok=True)
-    return ARTIFACTS
 
 
 class LoadedChat:
