@@ -82,6 +82,22 @@ export interface GenerateOptions {
 
 export type FinishReason = 'stop' | 'length' | 'abort' | 'context';
 
+/** Where the reply's decode steps spent their time: ms summed over the steps, measured in the
+ *  worker. Prefill and the first token's sampling are not included (see timings). One step =
+ *  forwarding one generated token + choosing the next, so steps = completion_tokens - 1, or
+ *  completion_tokens when aborted. The four parts sum to the decode wall time. */
+export interface DecodeProfile {
+  /** inside ONNX Runtime Web's session.run (performance.now() around the awaited promise) */
+  ort_run_ms: number;
+  /** the rest of the backend's forward: feeds to JS tensors, outputs, JS <-> Python hops */
+  interop_ms: number;
+  /** choosing the next token: top-k over the logits (JS) + the Python sampler */
+  sampling_ms: number;
+  /** the rest of the engine's step: loop bookkeeping, detokenising, stop checks, streaming */
+  python_ms: number;
+  steps: number;
+}
+
 export interface Reply {
   text: string;
   finish_reason: FinishReason;
@@ -93,6 +109,7 @@ export interface Reply {
   seed: number;
   cached_prompt_tokens: number;
   dropped_exchanges: number;
+  profile: DecodeProfile;
 }
 
 export interface ChatMessage {

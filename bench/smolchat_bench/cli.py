@@ -288,9 +288,11 @@ def chromium_version() -> str:
 
 PROFILE_NOTES = (
     "Native ORT: ort_run_ms is session.run; sampling_ms the argmax over 49,152 logits (numpy); "
-    "python_ms building feeds and unpacking outputs. SmolChat's row shows a split only when its "
-    "engine returns `reply.profile = {ort_run_ms, python_ms, interop_ms, sampling_ms, steps}` "
-    "(totals over the decode steps of that reply) through the JS API.")
+    "python_ms building feeds and unpacking outputs. SmolChat (browser): its engine's "
+    "`reply.profile` (totals over a reply's decode steps, prefill excluded): ort_run_ms is the "
+    "awaited ORT Web session.run (JS clock), interop_ms the rest of backend.forward (JS tensors, "
+    "JS<->Python hops), sampling_ms the top-k in JS plus sampling in Python, python_ms the "
+    "engine's loop (detokenising, stop strings, streaming).")
 
 
 def main(argv=None) -> None:

@@ -90,8 +90,8 @@ def token_counts(reps: list[dict]) -> dict:
 
 def decode_profile(reps: list[dict]) -> dict | None:
     """Mean ms per decode step by part, from turns whose extra carries a decode_profile
-    {<part>_ms: total, ..., steps: n} (native ORT today; SmolChat when its engine reports
-    one under extra.profile)."""
+    {<part>_ms: total, ..., steps: n}: native ORT's under extra.decode_profile, SmolChat's
+    reply.profile {ort_run_ms, interop_ms, sampling_ms, python_ms, steps} under extra.profile."""
     totals, steps = {}, 0
     for r in reps:
         for name in ("first", "followup"):

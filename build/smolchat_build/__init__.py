@@ -2,13 +2,14 @@
 
 Steps (one module each): `source` (fetch/read GGUF or checkpoint, GGUF-equivalent quantized
 tensors, fp32 reference model), `tokenizer` (tokenizer.json rebuilt from the GGUF vocab),
-`export` (Optimum export + runtime-graph surgery), `encode` (download form `weights.bin` and the
+`export` (Optimum export, the fp32 parity check), `graph` (the runtime graph, written with
+ORT's fused operators), `encode` (download form `weights.bin` and the
 expansion table), `quality` (perplexity, greedy goldens), `bundle` (orchestration, manifest,
 atomic write, skip when up to date). Run as `python -m smolchat_build bundle|score|goldens`.
 """
 
 # Per preset: bump when the bytes a preset's recipe produces change (the skip check compares it).
-CODE_VERSION = {"compact": "2026-11-22.4", "exact": "2026-11-22.3"}
+CODE_VERSION = {"compact": "2026-11-22.6", "exact": "2026-11-22.5"}
 EXPORT_VERSION = "1"  # bump when the cached fp32 Optimum export must be redone
 
 

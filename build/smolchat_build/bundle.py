@@ -53,7 +53,10 @@ def _source_key(spec: str | None, adapter: Path | None) -> dict:
 
 
 def _recipe(preset: str, quality_tokens: int) -> dict:
-    r = {"preset": preset, "export": "optimum text-generation-with-past, fp32",
+    r = {"preset": preset, "export": "optimum text-generation-with-past, fp32 (parity check)",
+         "graph": "written with ORT fused ops: SkipSimplifiedLayerNormalization, "
+                  "GroupQueryAttention (rotary inside), QuickGelu, "
+                  + ("MatMulIntegerToFloat" if preset == "compact" else "MatMul"),
          "quality_tokens": quality_tokens}
     if preset == "compact":
         r.update(layers="Q4_1 codes kept (re-rounded where the grid moved); (d, m) per block "
@@ -62,10 +65,11 @@ def _recipe(preset: str, quality_tokens: int) -> dict:
                         "weighted error) + fp16 per column",
                  calibration=f"mean squared Linear inputs of the reference on the first "
                              f"{CALIBRATION_TOKENS} tokens of CPython's Lib/argparse.py",
-                 embedding="tied; Q8_0 -> symmetric 4-bit, 4-bit scale index per block of 32, "
-                           "fp16 per token row",
+                 embedding="tied; Q8_0 -> 4-bit codes into NF4's 16 levels, 4-bit scale index "
+                           "per block of 32 chosen by the error weighted by the LM head's mean "
+                           "squared input, fp16 per token row",
                  runtime="int8 weights per output column x int8 activations per token "
-                         "(symmetric, MatMulInteger u8 zero point 128); int8 embedding "
+                         "(symmetric, uint8 zero point 128, MatMulIntegerToFloat); int8 embedding "
                          "Gather + LM head share one table")
     else:
         r.update(layers="Q4_1 exactly as in the GGUF", embedding="Q8_0 exactly as in the GGUF",
@@ -144,6 +148,7 @@ def _build_into(tmp: Path, preset, source, adapter, key, recipe, quality_tokens,
 
     from . import encode as enc
     from . import export as ex
+    from . import graph as gr
     from . import quality as qual
     from . import tokenizer as tk
     from .source import load_source
@@ -211,7 +216,7 @@ def _build_into(tmp: Path, preset, source, adapter, key, recipe, quality_tokens,
                              f"check the optimum/transformers versions in requirements.txt")
 
     with timed("runtime_graph"):
-        graph, ext = ex.runtime_graph(fp32, src.tensors, preset)
+        graph, ext = gr.runtime_graph(model, src.tensors, preset)
     imp, calib_desc = None, None
     if preset == "compact":
         with timed("calibrate"):
@@ -229,8 +234,9 @@ def _build_into(tmp: Path, preset, source, adapter, key, recipe, quality_tokens,
                    "external_data": "model.data",
                    "expanded_sha256": hashlib.sha256(data).hexdigest(),
                    "compute": "int8" if preset == "compact" else "fp32",
-                   # ORT's 'extended'/'all' fusions miscompute the int8 graph's one-token
-                   # steps (greedy France: "Allemagne, ..."); both runtimes load with this.
+                   # The graph is written fused (graph.py): 'basic' (constant folding of
+                   # the rotary tables) is all it needs. 'all' miscomputed the earlier
+                   # Optimum-derived int8 graph's one-token steps; both runtimes read this.
                    "graph_optimization": "basic",
                    "logits": "last position only ([1, 1, vocab]); node 'last_position'"})
         del data

@@ -7,8 +7,9 @@ Presets (README "Bundle format" has the byte layouts):
            compressed block parameters moved the grid); each block's (d, m) becomes one byte:
            d = col[n] * A[a], m = d * T[t] (a, t: 4-bit indices into per-matrix 16-entry
            float32 codebooks; col[n]: fp16 per output column). The Q8_0 embedding is
-           re-quantized to symmetric 4-bit (value = d * (q - 7.5)), one 4-bit scale index per
-           block of 32. Expanded to int8 [K, N] + float32 scale [N] per column.
+           re-quantized to 4-bit codes into 16 fixed levels (NF4's; value = d * L[code]), one
+           4-bit scale index per block of 32, chosen for the LM head's error. Expanded to
+           int8 [K, N] + float32 scale [N] per column.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from .log import bar
 ALIGN_SRC = 8    # weights.bin parts (lets JS take typed-array views)
 ALIGN_DST = 64   # model.data tensors
 QK = 32
+LM_HEAD = "lm_head.weight"  # key of the LM head's input importance (quality.activation_importance)
 
 
 def _lloyd(x: np.ndarray, k: int = 16, iters: int = 12, w: np.ndarray | None = None):
@@ -102,18 +104,32 @@ def compact_layer(q, imp: np.ndarray | None = None, cand: int = 3,
             "A": A, "T": T}
 
 
-def compact_embedding(q, rows: int = 4096) -> dict:
-    """Q8_0 embedding [V, H] -> symmetric 4-bit: value = col[v] * A[a] * (code - 7.5);
-    the scale index a of each block of 32 is chosen by exhaustive search (min squared error)."""
+# 16 code levels for the embedding: NF4's (normal-distribution quantiles scaled to [-1, 1],
+# QLoRA), nearer to the embedding's bell-shaped values than a uniform grid: measured with the
+# layers left exact, 2,048 tokens, ratio to the reference 1.165 (uniform) -> 1.107 (these);
+# 1.067 / 1.039 with the error weighted by the LM head's input (below).
+CODE_LEVELS = np.array([-1.0, -0.6961928, -0.5250731, -0.3949175, -0.2844414, -0.1848051,
+                        -0.0910500, 0.0, 0.0795803, 0.1609302, 0.2461123, 0.3379152, 0.4407098,
+                        0.5626170, 0.7229568, 1.0], np.float32)
+
+
+def compact_embedding(q, imp: np.ndarray | None = None, rows: int = 2048) -> dict:
+    """Q8_0 embedding [V, H] -> 4-bit codes into CODE_LEVELS: value = col[v] * A[a] * L[code];
+    the scale index a of each block of 32 is chosen by exhaustive search, minimising the
+    squared error weighted by `imp` [H] (mean squared LM-head input per hidden feature: the
+    table is also the LM head, and a few hidden features carry ~1000x the median energy)."""
     n, k = q.shape
     nb = k // QK
     w = q.dequant().astype(np.float64).reshape(n, nb, QK)
-    am = np.abs(w).max(-1) / 7.5
+    L = CODE_LEVELS.astype(np.float64)
+    mid = (L[1:] + L[:-1]) / 2
+    am = np.abs(w).max(-1)
     col = am.max(axis=1).astype(np.float16)
     col[col == 0] = 1
     r = am / col.astype(np.float64)[:, None]
     A = _lloyd(r).astype(np.float32)
     A64 = A.astype(np.float64)
+    wk = (np.ones(k) if imp is None else imp / max(imp.mean(), 1e-30)).reshape(nb, QK)
     ai_all = np.zeros((n, nb), np.uint8)
     codes_all = np.zeros((n, nb, QK), np.uint8)
     for r0 in range(0, n, rows):
@@ -122,16 +138,16 @@ def compact_embedding(q, rows: int = 4096) -> dict:
         c = col[r0:r1].astype(np.float64)[:, None]
         best_err = np.full((r1 - r0, nb), np.inf)
         for a in range(16):
-            dd = c * A64[a]
-            codes = np.clip(np.floor(ww / dd[..., None] + 7.5 + 0.5), 0, 15)
-            err = ((dd[..., None] * (codes - 7.5) - ww) ** 2).sum(-1)
+            dd = (c * A64[a])[..., None]
+            codes = np.searchsorted(mid, ww / dd)
+            err = (wk * (dd * L[codes] - ww) ** 2).sum(-1)
             better = err < best_err
             best_err = np.where(better, err, best_err)
             ai_all[r0:r1][better] = a
             codes_all[r0:r1][better] = codes[better]
         bar("embedding", r1, n)
     return {"codes": codes_all.reshape(n, k), "params": ai_all, "col": col, "A": A,
-            "T": np.array([-7.5], np.float32)}
+            "L": CODE_LEVELS}
 
 
 class _Writer:
@@ -189,17 +205,21 @@ def encode(ext: list, tensors: dict, preset: str, imp: dict | None = None,
             table.append({**head, "op": f"{q.kind}_f32", "src": src,
                           "dst": place(t.name, 4 * n * k)})
         else:
-            c = (compact_layer(q, (imp or {}).get(t.param)) if q.kind == "q4_1"
-                 else compact_embedding(q))
             a4t4 = q.kind == "q4_1"
+            c = (compact_layer(q, (imp or {}).get(t.param)) if a4t4
+                 else compact_embedding(q, (imp or {}).get(LM_HEAD)))
             src = {"codes": wr.add(pack_nibbles(c["codes"])),
                    "params": wr.add(c["params"].astype(np.uint8) if a4t4
                                     else pack_nibbles(c["params"])),
-                   "col": wr.add(c["col"]), "a_levels": wr.add(c["A"]),
-                   "t_levels": wr.add(c["T"])}
+                   "col": wr.add(c["col"]), "a_levels": wr.add(c["A"])}
+            extra = {"params": "a4t4" if a4t4 else "a4"}
+            if a4t4:
+                src["t_levels"] = wr.add(c["T"])
+                extra["n_t"] = int(c["T"].size)
+            else:
+                src["code_levels"] = wr.add(c["L"])
             sname = scales[t.param]
-            table.append({**head, "op": "q4c_i8", "params": "a4t4" if a4t4 else "a4",
-                          "n_t": int(c["T"].size), "src": src,
+            table.append({**head, "op": "q4c_i8", **extra, "src": src,
                           "dst": place(t.name, n * k), "dst_scale": place(sname, 4 * n)})
             bar("compress", i + 1, len(mats))
     dst += (-dst) % ALIGN_DST

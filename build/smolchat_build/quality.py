@@ -52,11 +52,12 @@ def calibration_text() -> tuple[str, str]:
 
 
 def activation_importance(model, ids: list, window: int = 1024) -> dict:
-    """HF parameter name of each Linear -> mean squared input activation per input feature."""
+    """HF parameter name of each Linear -> mean squared input activation per input feature
+    (the LM head's under "lm_head.weight": the tied embedding is quantized for it)."""
     import torch
     acc, hooks = {}, []
     for name, mod in model.named_modules():
-        if isinstance(mod, torch.nn.Linear) and not name.endswith("lm_head"):
+        if isinstance(mod, torch.nn.Linear):
             def hook(mod, args, key=name + ".weight"):
                 x = args[0].reshape(-1, args[0].shape[-1]).double()
                 acc[key] = acc.get(key, 0) + (x ** 2).sum(0).numpy()

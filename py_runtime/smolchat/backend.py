@@ -11,9 +11,12 @@ Implementations:
 - bridge.py: Pyodide, ONNX Runtime Web + the JS tokenizer. The only module importing js/pyodide.
 - fake_backend.py: a scripted fake (tests, demos) that implements this same protocol.
 
-Optional attribute (read with getattr, so not part of the runtime-checked Protocol):
+Optional attributes (read with getattr, so not part of the runtime-checked Protocol):
 `generation_config: dict`, the bundle's generation_config.json; the engine takes its default
 settings from it (settings.GenerationSettings.from_generation_config).
+`ort_run_ms: float`, a running total of the milliseconds spent inside the runtime's run
+call (session.run) since load; the engine reads its change over the decode steps for
+Reply.profile. Without it the whole of forward() counts as interop.
 
 What this protocol ignores: chat roles, templates, sampling randomness, stop strings, UTF-8
 assembly (token_bytes gives raw bytes; the engine decodes incrementally).

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -73,6 +74,7 @@ class OnnxBackend:
         self._kv: dict[str, np.ndarray] = {n: self._empty for n in self._past_names}
         self._logits: np.ndarray | None = None   # [vocab] float32, last position
         self._length = 0                          # positions in the KV cache
+        self.ort_run_ms = 0.0                     # ms inside session.run since load (total)
 
     @classmethod
     def load(cls, bundle_dir: str | os.PathLike, threads: int = 2) -> "OnnxBackend":
@@ -116,7 +118,9 @@ class OnnxBackend:
         if self._uses["position_ids"]:
             feeds["position_ids"] = np.arange(past, past + n, dtype=np.int64)[None, :]
         feeds.update(self._kv)
+        t = time.perf_counter()
         results = self._session.run(self._output_names, feeds)
+        self.ort_run_ms += (time.perf_counter() - t) * 1000
         kv = {}
         for name, value in zip(self._output_names, results):
             if name == "logits":

@@ -9,6 +9,8 @@ imports in plain CPython: tests drive WorkerHost there over the fake backend
   of ort.Tensor (order: the session's past_key_values.* input names) held by one JsProxy;
   after each step the replaced tensors are disposed. Vocabulary-wide work (top-k, repetition
   penalty, tokenization) happens in JS (web/src/ort_glue.js); Python sees k ids and logits.
+  session.run is awaited through glue.run, which times it with performance.now()
+  (`ort_run_ms`, for the engine's decode profile).
 - WorkerHost wraps a ChatEngine for the worker: every method returns a JSON string
   {"ok": result} or {"error": SmolChatError.to_dict()}, so no Python object crosses to JS.
 
@@ -122,6 +124,11 @@ class OrtWebBackend:
     def cache_length(self) -> int:
         return self._length
 
+    @property
+    def ort_run_ms(self) -> float:
+        """ms inside session.run since the worker started (JS clock, a running total)."""
+        return float(self._glue.runMs())
+
     async def forward(self, token_ids: Sequence[int]) -> None:
         if self._session is None:
             raise ModelNotLoaded("the model was unloaded: load it again")
@@ -132,7 +139,7 @@ class OrtWebBackend:
         feeds = self._glue.stepFeeds(self._past_names_js, self._kv, _to_js(list(token_ids)),
                                      past, self._uses["attention_mask"], self._uses["position_ids"])
         try:
-            results = await self._session.run(feeds)
+            results = await self._glue.run(self._session, feeds)
         except Exception as e:  # ORT throws plain Errors; OOM is the one users can act on
             if self._glue.isOutOfMemory(str(e)):
                 raise OutOfMemory("the browser ran out of memory while running the model: "

@@ -52,6 +52,11 @@ MIN_CONTEXT_WINDOW = 64
 PREFILL_CHUNK = 256          # tokens per prefill forward: bounds attention memory, allows abort
 TRIM_FREE_FRACTION = 4       # after a trim, 1/4 of the window is left free (see module doc)
 FINISH_REASONS = ("stop", "length", "abort", "context")
+PROFILE_PARTS = ("ort_run_ms", "interop_ms", "sampling_ms", "python_ms")   # Reply.profile
+
+
+def _empty_profile() -> dict:
+    return {**dict.fromkeys(PROFILE_PARTS, 0.0), "steps": 0}
 
 
 @dataclass
@@ -67,6 +72,15 @@ class Reply:
     seed: int | None = None
     cached_prompt_tokens: int = 0   # prompt tokens reused from the KV cache (not forwarded)
     dropped_exchanges: int = 0      # oldest chat exchanges hidden from the model this turn
+    # Where the decode steps' time went (ms, sums over the reply; prefill and the first
+    # token are excluded: see prefill_ms, ttft_ms). A step forwards one generated token, then
+    # picks, detokenises, checks and streams the next one, so steps = completion_tokens - 1,
+    # or completion_tokens after an abort (the last token was forwarded before the cancel was
+    # seen). ort_run_ms: inside the runtime's run (backend.ort_run_ms); interop_ms: the rest
+    # of backend.forward (feeds, outputs, in Pyodide the JS <-> Python hops); sampling_ms:
+    # backend.candidates + sampling.sample; python_ms: the rest (loop, detokenising, stops,
+    # streaming). The four parts sum to the steps' wall time (first decode forward -> end).
+    profile: dict = field(default_factory=_empty_profile)
 
     @property
     def prompt_tokens(self) -> int:
@@ -87,6 +101,8 @@ class Reply:
                         "total_ms": round(self.total_ms, 2)},
             "seed": self.seed, "cached_prompt_tokens": self.cached_prompt_tokens,
             "dropped_exchanges": self.dropped_exchanges,
+            "profile": {**{k: round(self.profile[k], 3) for k in PROFILE_PARTS},
+                        "steps": self.profile["steps"]},
         }
 
 
@@ -390,19 +406,23 @@ class ChatEngine:
                 isinstance(err, KVCacheMismatch):
             self._status, self._reason = "error", f"{type(err).__name__}: {err}"
 
-    async def _forward(self, ids: list[int]) -> None:
+    async def _forward(self, ids: list[int]) -> float:
+        """backend.forward(ids) with the cache checked around it; returns its seconds."""
         b = self.backend
         if b.cache_length != len(self._cache):
             raise KVCacheMismatch(f"backend cache holds {b.cache_length} positions, engine "
                                   f"expected {len(self._cache)}: this is a bug, please report it",
                                   backend=b.cache_length, engine=len(self._cache))
+        t = time.perf_counter()
         await b.forward(ids)
+        t = time.perf_counter() - t
         self._cache.extend(ids)
         if b.cache_length != len(self._cache):
             raise KVCacheMismatch(f"after forwarding {len(ids)} tokens the backend cache holds "
                                   f"{b.cache_length} positions, engine expected "
                                   f"{len(self._cache)}: this is a bug, please report it",
                                   backend=b.cache_length, engine=len(self._cache))
+        return t
 
     async def _sync_prefix(self, prompt: list[int], stream: ReplyStream | None) -> int:
         """Make the cache hold exactly `prompt` (reusing the longest common prefix) with
@@ -439,16 +459,22 @@ class ChatEngine:
         penalty = s.repetition_penalty != 1.0
         seen = set(self._cache) if penalty else None
         finish, stopped = None, False
+        forward_s = sampling_s = 0.0         # decode steps only (Reply.profile)
+        t_steps, ort_ms0, steps = 0.0, 0.0, 0
         while finish is None:
             if stream.cancelled:
                 finish = "abort"
                 break
+            t_pick = time.perf_counter()
             ids, logits = b.candidates(k, s.repetition_penalty, sorted(seen) if penalty else ())
             token = sample(ids, logits, s, rng)
+            t_picked = time.perf_counter()
             out.append(token)
             if len(out) == 1:
-                t_first = time.perf_counter()
+                t_first = t_picked
                 reply.ttft_ms = (t_first - t0) * 1000
+            else:
+                sampling_s += t_picked - t_pick
             if token in self._stop_ids:
                 finish = "stop"
                 break
@@ -464,9 +490,19 @@ class ChatEngine:
             elif len(self._cache) >= self.context_window:
                 finish = "context"
             else:
-                await self._forward([token])
+                if not steps:
+                    t_steps, ort_ms0 = time.perf_counter(), getattr(b, "ort_run_ms", 0.0)
+                forward_s += await self._forward([token])
+                steps += 1
                 if penalty:
                     seen.add(token)
+        if steps:
+            t_loop = time.perf_counter()
+            ort_ms = getattr(b, "ort_run_ms", 0.0) - ort_ms0
+            parts = {"ort_run_ms": ort_ms, "interop_ms": max(0.0, forward_s * 1000 - ort_ms),
+                     "sampling_ms": sampling_s * 1000}
+            parts["python_ms"] = max(0.0, (t_loop - t_steps) * 1000 - sum(parts.values()))
+            reply.profile = {**parts, "steps": steps}
         if not stopped:                       # held-back text was not a stop string
             tail = stops.flush()
             if tail:

@@ -12,7 +12,8 @@ the scripted reply (then `<|im_end|>`) gets a large logit, so greedy decoding re
 `replies` is a string (every turn), a list (turn n of the prompt gets item n, the last
 one repeats) or a callable(prompt_text) -> str.
 
-It records every call: `forwarded` (lists of ids), `truncations`, `candidate_calls`.
+It records every call: `forwarded` (lists of ids), `truncations`, `candidate_calls`;
+`ort_run_ms` times its stand-in for the graph run (computing the logits).
 
 What this module ignores: real language modelling and speed.
 """
@@ -20,6 +21,7 @@ What this module ignores: real language modelling and speed.
 from __future__ import annotations
 
 import random
+import time
 import zlib
 from typing import Callable, Sequence
 
@@ -61,6 +63,7 @@ class FakeBackend:
         self.truncations: list[int] = []
         self.candidate_calls: list[tuple[int, float, tuple[int, ...]]] = []
         self._logits: list[float] | None = None
+        self.ort_run_ms = 0.0     # ms in _compute_logits (the "graph run") since creation
         self.closed = False
 
     # -- text
@@ -99,7 +102,9 @@ class FakeBackend:
         assert len(self.cache) + len(token_ids) <= self.max_context, "past max_context"
         self.forwarded.append(list(token_ids))
         self.cache.extend(token_ids)
+        t = time.perf_counter()
         self._logits = self._compute_logits()
+        self.ort_run_ms += (time.perf_counter() - t) * 1000
 
     async def truncate(self, length: int) -> None:
         self.truncations.append(length)

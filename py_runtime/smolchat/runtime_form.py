@@ -93,13 +93,14 @@ def _q4c_i8(t: dict, w: np.ndarray, out: np.ndarray, rows: int = 4096) -> None:
     nb = k // qk
     col = _f16(w, s["col"], n)
     a_lv = _f32(w, s["a_levels"], 16)
-    t_lv = _f32(w, s["t_levels"], t["n_t"])
+    levels = _f32(w, s["code_levels"], 16) if "code_levels" in s else None
+    t_lv = None if levels is not None else _f32(w, s["t_levels"], t["n_t"])
     dst = out[t["dst"]:t["dst"] + n * k].view(np.int8).reshape(k, n)
     scale = out[t["dst_scale"]:t["dst_scale"] + 4 * n].view(np.float32)
     for r0 in range(0, n, rows):  # row chunks bound the float64 temporaries
         r1 = min(n, r0 + rows)
         codes = _nibbles(w, s["codes"] + r0 * k // 2, (r1 - r0) * k)
-        codes = codes.reshape(r1 - r0, nb, qk).astype(np.float64)
+        codes = codes.reshape(r1 - r0, nb, qk)
         if t["params"] == "a4t4":
             p = w[s["params"] + r0 * nb:s["params"] + r1 * nb].reshape(r1 - r0, nb)
             ai, ti = p >> 4, p & 15
@@ -107,7 +108,10 @@ def _q4c_i8(t: dict, w: np.ndarray, out: np.ndarray, rows: int = 4096) -> None:
             ai = _nibbles(w, s["params"], n * nb)[r0 * nb:r1 * nb].reshape(r1 - r0, nb)
             ti = np.zeros_like(ai)
         d = col[r0:r1, None] * a_lv[ai]                     # float64, exact
-        val = d[..., None] * (codes + t_lv[ti][..., None])  # one rounding
+        if levels is not None:  # code_levels: value = d * L[code]
+            val = d[..., None] * levels[codes]              # one rounding
+        else:
+            val = d[..., None] * (codes.astype(np.float64) + t_lv[ti][..., None])
         amax = np.abs(val).reshape(r1 - r0, k).max(axis=1)
         sc = (amax / 127.0).astype(np.float32)
         sc[sc == 0] = 1.0
@@ -196,8 +200,8 @@ def load_session(bundle_dir, threads: int = 2, full_logits: bool = False, verify
     """-> (onnxruntime.InferenceSession, manifest). full_logits=True: the scoring variant with
     logits [1, s, vocab] (same weights, graph edited in memory). optimization: ORT graph
     optimization level 'none' | 'basic' | 'all'; default manifest["runtime"]["graph_optimization"]
-    ('basic' when unstated: 'all' miscomputes the int8 graph's single-token steps in ORT 1.31
-    native and ORT Web 1.30 alike; web/src/bundle_loader.js uses the same rule)."""
+    ('basic' when unstated; 'all' miscomputed an earlier int8 graph's single-token steps in
+    ORT 1.31 native and ORT Web 1.30 alike; web/src/bundle_loader.js uses the same rule)."""
     import onnxruntime as ort
     bundle_dir = Path(bundle_dir)
     man = verify_bundle(bundle_dir) if verify else read_manifest(bundle_dir)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 
 import pytest
 
@@ -183,6 +184,59 @@ def test_concurrent_calls_queue(make_engine):
     ra, rb = asyncio.run(go())
     assert (ra.text, rb.text) == ("first", "second")
     assert [m["content"] for m in engine.history()] == ["one", "first", "two", "second"]
+
+
+# ------------------------------------------------------------------ decode profile
+
+def check_profile(reply, backend) -> None:
+    """Reply.profile: finite, non-negative parts that sum to at most the reply's time, with
+    ort_run_ms inside them; one step per one-token forward of a generated token."""
+    prof, n = reply.profile, reply.completion_tokens
+    parts = [prof[k] for k in ("ort_run_ms", "interop_ms", "sampling_ms", "python_ms")]
+    assert all(math.isfinite(v) and v >= 0 for v in parts), prof
+    assert prof["ort_run_ms"] <= sum(parts) <= reply.total_ms, (prof, reply.total_ms)
+    assert prof["steps"] == (n if reply.finish_reason == "abort" else n - 1), (prof, n)
+    steps = prof["steps"]
+    assert backend.forwarded[len(backend.forwarded) - steps:] == \
+        [[t] for t in reply.output_token_ids[:steps]]
+
+
+@pytest.mark.parametrize("settings, finish", [
+    ({}, "stop"),                                   # eos sampled: not forwarded
+    ({"max_tokens": 5}, "length"),
+    ({"stop": [" three"]}, "stop"),                 # a stop string ends it
+])
+def test_profile_counts_the_decode_steps(make_engine, talk, settings, finish):
+    engine, backend = make_engine(replies="one two three four")
+    _, reply = talk(engine, "chat", "count", temperature=0, **settings)
+    assert reply.finish_reason == finish
+    check_profile(reply, backend)
+    assert set(reply.to_dict()["profile"]) == {"ort_run_ms", "interop_ms", "sampling_ms",
+                                               "python_ms", "steps"}
+
+
+def test_profile_of_an_aborted_reply_counts_its_last_forward(make_engine):
+    engine, backend = make_engine(replies="one two three four five six seven")
+
+    async def go():
+        stream = engine.chat("count", temperature=0)
+        async for p in stream:
+            stream.cancel()
+        return await stream.result()
+    reply = asyncio.run(go())
+    assert reply.finish_reason == "abort" and reply.completion_tokens >= 1
+    check_profile(reply, backend)
+
+
+def test_profile_is_empty_without_decode_steps(make_engine, talk):
+    engine, backend = make_engine(replies="")       # the scripted reply is eos at once
+    _, reply = talk(engine, "chat", "Hello", temperature=0)
+    assert reply.output_token_ids == [2]
+    assert reply.profile == {"ort_run_ms": 0.0, "interop_ms": 0.0, "sampling_ms": 0.0,
+                             "python_ms": 0.0, "steps": 0}
+    stream = engine.chat("Hello")
+    stream.cancel()
+    assert asyncio.run(stream.result()).profile["steps"] == 0
 
 
 # ------------------------------------------------------------------ KV-cache reuse
@@ -448,4 +502,5 @@ def test_reply_to_dict_shape(make_engine, talk):
     assert {"text", "finish_reason", "prompt_tokens", "completion_tokens", "prompt_token_ids",
             "output_token_ids", "timings"} <= set(d)
     assert set(d["timings"]) == {"ttft_ms", "prefill_ms", "decode_tok_s", "total_ms"}
+    assert set(d["profile"]) == {"ort_run_ms", "interop_ms", "sampling_ms", "python_ms", "steps"}
     assert d["completion_tokens"] == len(d["output_token_ids"]) and d["text"] == "Hi!"

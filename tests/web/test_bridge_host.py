@@ -32,6 +32,8 @@ def test_run_streams_pieces_and_returns_the_reply_dict():
     assert "".join(pieces) == r["text"] == "Paris is the capital."
     assert r["finish_reason"] == "stop"
     assert set(r["timings"]) == {"ttft_ms", "prefill_ms", "decode_tok_s", "total_ms"}
+    assert set(r["profile"]) == {"ort_run_ms", "interop_ms", "sampling_ms", "python_ms", "steps"}
+    assert r["profile"]["steps"] == r["completion_tokens"] - 1      # eos is not forwarded
 
 
 def test_errors_come_back_typed():

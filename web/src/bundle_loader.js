@@ -117,9 +117,9 @@ export async function createSession(ort, bundle) {
   try {
     return await ort.InferenceSession.create(bundle.graph, {
       executionProviders: ['wasm'],
-      // 'all' miscomputes the int8 graph's single-token steps (the extended MatMulInteger
-      // fusions: "Allemagne" instead of "The capital..."); manifest.runtime says which level
-      // the build verified. Same level as smolchat.runtime_form.load_session.
+      // manifest.runtime says which level the build verified ('basic': the graph is written
+      // fused; 'all' miscomputed an earlier int8 graph's single-token steps). Same level as
+      // smolchat.runtime_form.load_session.
       graphOptimizationLevel: graphOptimization(bundle.manifest),
       externalData: [{ path: externalDataName(bundle.manifest), data }],
     });

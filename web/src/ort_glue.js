@@ -41,6 +41,17 @@ export function stepFeeds(pastNames, kv, ids, past, useMask, usePositions) {
   return feeds;
 }
 
+// session.run, timed: runMs() is the running total (ms, performance.now()) of the awaited runs,
+// which the bridge reports as ort_run_ms (the engine's decode profile).
+let runTotal = 0;
+
+export async function run(session, feeds) {
+  const t0 = performance.now();
+  try { return await session.run(feeds); } finally { runTotal += performance.now() - t0; }
+}
+
+export function runMs() { return runTotal; }
+
 export function disposeInputs(feeds) {
   for (const name of ['input_ids', 'attention_mask', 'position_ids']) if (feeds[name]) drop(feeds[name]);
 }

@@ -6,6 +6,8 @@
 //   chunk:    {text}                                       (streamed pieces of a reply)
 //   return:   <result>                                     (exactly one, ends the request)
 //   throw:    {kind, name, message, details}               (exactly one, ends the request)
+// The reply dict of chat/instruct/generate is the engine's Reply.to_dict() as is (text,
+// finish_reason, token counts and ids, timings, profile: py_runtime/smolchat/engine.py).
 // A 'cancel' request {target: <id>} stops the streaming request `target`; it gets its own
 // 'return'. Ids are unique per page; the worker answers every request exactly once.
 //

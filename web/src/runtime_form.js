@@ -43,14 +43,16 @@ function nibble(w, off, idx) {
   return idx & 1 ? b >> 4 : b & 15;
 }
 
-// q4c_i8: value = col[n] * A[a] * (code + T[t]) (float64) -> int8 [K, N] with per-column
+// q4c_i8: value = col[n] * A[a] * (code + T[t]), or col[n] * A[a] * L[code] when the entry has
+// src.code_levels (float64) -> int8 [K, N] with per-column
 // float32 scale s[n] = fround(max_k |value| / 127) (1 if 0), int8 = clamp(floor(v/s + 0.5)).
 function q4cI8(t, w, dv, out, outDv) {
   const { n: N, k: K, block: QK, src } = t;
   const nb = K / QK;
   const col = f16Array(dv, src.col, N);
   const A = f32Array(dv, src.a_levels, 16);
-  const T = f32Array(dv, src.t_levels, t.n_t);
+  const L = src.code_levels !== undefined ? f32Array(dv, src.code_levels, 16) : null;
+  const T = L ? null : f32Array(dv, src.t_levels, t.n_t);
   const a4t4 = t.params === "a4t4";
   const vals = new Float64Array(K);
   const dst = new Int8Array(out.buffer, out.byteOffset + t.dst, N * K);
@@ -68,10 +70,11 @@ function q4cI8(t, w, dv, out, outDv) {
         ti = 0;
       }
       const d = col[n] * A[a];
-      const tv = T[ti];
+      const tv = L ? 0 : T[ti];
       const base = n * K + j * QK;
       for (let i = 0; i < QK; i++) {
-        const v = d * (nibble(w, src.codes, base + i) + tv);
+        const c = nibble(w, src.codes, base + i);
+        const v = L ? d * L[c] : d * (c + tv);
         vals[j * QK + i] = v;
         const av = Math.abs(v);
         if (av > amax) amax = av;

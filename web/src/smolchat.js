@@ -129,7 +129,8 @@ export class SmolChat {
 
   // Chat turn with history. opts: maxTokens, temperature, topK, topP, repetitionPenalty, seed,
   // stop, onToken(text), signal. -> {text, finish_reason, prompt_tokens, completion_tokens,
-  // prompt_token_ids, output_token_ids, timings: {ttft_ms, prefill_ms, decode_tok_s, total_ms}}
+  // prompt_token_ids, output_token_ids, timings: {ttft_ms, prefill_ms, decode_tok_s, total_ms},
+  // profile: {ort_run_ms, interop_ms, sampling_ms, python_ms, steps} (decode steps, ms sums)}
   chat(message, opts) { return this.#stream(Request.CHAT, message, opts); }
   // One instruction, no history (the conversation is left as it was).
   instruct(instruction, opts) { return this.#stream(Request.INSTRUCT, instruction, opts); }

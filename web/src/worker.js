@@ -127,6 +127,7 @@ function call(name, args = []) {
   return unwrap(host.call(name, JSON.stringify(args)));
 }
 
+// -> the engine's reply dict, passed through untouched (timings and the decode profile included).
 async function generate(id, mode, { message, settings }) {
   if (!host) throw makeError('model_not_loaded', 'the model is not loaded yet: call load() and wait for it');
   const onPiece = (text) => post(Reply.CHUNK, id, { text });

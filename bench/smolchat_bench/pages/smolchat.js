@@ -1,7 +1,8 @@
 // Adapter: SmolChat itself, through its public JS API (/smolchat.js from dist/site: a module
 // worker running Pyodide + ONNX Runtime Web on the compact int4 bundle).
-// The reply's own timings and any per-step profile the engine reports are passed through in
-// `extra` (see smolchat_bench/profile.py for the fields the benchmark reads).
+// The reply's own timings and its decode profile ({ort_run_ms, interop_ms, sampling_ms,
+// python_ms, steps}: ms summed over the decode steps) are passed through in `extra`
+// (metrics.decode_profile reads extra.profile).
 import { SmolChat } from '/smolchat.js';
 
 let bot = null;
