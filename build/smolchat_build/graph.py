@@ -3,19 +3,23 @@ CPU operators (the WASM backend is the CPU execution provider compiled to WebAss
 
 * RMSNorm: SimplifiedLayerNormalization (first) and SkipSimplifiedLayerNormalization
   (residual add + norm in one node, com.microsoft);
-* attention: GroupQueryAttention (com.microsoft) with the rotary embedding inside
-  (do_rotary, non-interleaved as HF Llama's rotate_half), causal, KV cache BNSH
-  [1, kv_heads, past, head_dim]; cos/sin tables [max_positions, head_dim/2] are a
-  constant subgraph (Range * inv_freq -> Cos/Sin) that ORT folds at load: not downloaded;
+* attention: an If on "one new token": then GroupQueryAttention (com.microsoft) with the
+  rotary embedding inside (do_rotary, non-interleaved as HF Llama's rotate_half), else
+  (prefill) RotaryEmbedding + MatMul/Softmax with a causal mask, the kv_heads' query groups
+  stacked so no key/value is repeated; either way KV cache BNSH [1, kv_heads, past, head_dim]
+  holding rotated keys. cos/sin tables [max_positions, head_dim/2] are a constant subgraph
+  (Range * inv_freq -> Cos/Sin) that ORT folds at load: not downloaded;
 * linear layers: fp32 MatMul (preset exact) or, for compact, per-token symmetric int8
   activations (uint8, zero point 128) x int8 weights per output column in
   MatMulIntegerToFloat, then the per-token scale (8 small nodes quantize an activation once
   for all the matrices that read it: q/k/v, gate/up);
 * SiLU: QuickGelu with alpha 1 (x * sigmoid(x), the fusion ORT's 'extended' level makes).
 
-About 1,300 nodes for 30 layers (the Optimum export rewritten to int8 had ~6,300): measured
-on this machine with native ORT, 1 thread, a decode step went from 74 ms to 15 ms and the
-session opens in 0.4 s instead of 6.5 s; the int8 arithmetic, hence perplexity, is unchanged.
+About 1,300 top-level nodes for 30 layers (the Optimum export rewritten to int8 had ~6,300):
+measured on this machine with native ORT, 1 thread, a decode step went from 74 ms to 15 ms
+and the session opens in 0.4-1.5 s instead of 6.5 s; the int8 arithmetic is unchanged. In
+ORT Web (Node, 1 thread) a 256-token prefill takes 1.2 s (3.4 s with GroupQueryAttention
+for prefill too).
 * ONE embedding table, stored [hidden, vocab], for the input Gather (axis=1) and the LM head;
 * `last_position` Slice before the LM head: logits [1, 1, vocab].
 
@@ -24,10 +28,10 @@ attention_mask, position_ids, past_key_values.{i}.key/value -> logits, present.{
 so engines and scorers see no difference; Optimum's export itself stays the build's fp32
 parity check, and the exact preset's greedy goldens check this graph against PyTorch.
 
-What it ignores: batch > 1 and padding (sequence lengths come from the attention mask's
-length and sum, fine for one unpadded row), position_ids (GQA derives positions from the past
-length; the input is kept for I/O compatibility), rope scaling and attention/MLP biases
-(refused by `check_config`).
+What it ignores: batch > 1 and padding (sequence lengths and the causal mask come from the
+attention mask's length and sum, fine for one unpadded row; position_ids feeds the prefill
+rotary, GQA derives decode positions from the past length), rope scaling and attention/MLP
+biases (refused by `check_config`).
 """
 
 from __future__ import annotations
@@ -107,8 +111,8 @@ def runtime_graph(model, tensors: dict, preset: str) -> tuple[onnx.ModelProto, l
         return base
 
     c_one = g.const("a_one", np.array(1.0, np.float32))
-    c_last = g.const("k_axes_last", np.array([-1], np.int64))
     if compact:  # activation quantization constants
+        c_last = g.const("k_axes_last", np.array([-1], np.int64))
         c_tiny = g.const("a_tiny", np.array(1e-30, np.float32))
         c_127 = g.const("a_127", np.array(127.0, np.float32))
         c_128 = g.const("a_128", np.array(128.0, np.float32))
@@ -150,6 +154,59 @@ def runtime_graph(model, tensors: dict, preset: str) -> tuple[onnx.ModelProto, l
                          g.const("inv_freq", inv_freq[None, :])])
     cos, sin = g.op("Cos", [freqs]), g.op("Sin", [freqs])
 
+    # prefill attention (s > 1) runs on plain MatMul/Softmax: ORT's CPU GroupQueryAttention
+    # is ~2.4x slower than that for a 256-token prompt on WASM and ~5x with a 300-token past
+    # (measured 2026-11-22, ORT Web 1.30, 1 thread); for one token it is the faster of the two.
+    grp = nh // nkv
+    i64 = lambda name, v: g.const(name, np.array(v, np.int64))  # noqa: E731
+    s_len = g.op("Shape", ["input_ids"], start=1, end=2)                      # [1]
+    t_len = g.op("Shape", ["attention_mask"], start=1, end=2)                 # [1]
+    zero, one = i64("k_zero", 0), i64("k_one", 1)
+    rows = g.op("Add", [g.op("Range", [zero, g.op("Squeeze", [s_len]), one]),
+                        g.op("Sub", [t_len, s_len])])                         # [s] positions
+    cols = g.op("Range", [zero, g.op("Squeeze", [t_len]), one])               # [T]
+    future = g.op("Greater", [g.op("Unsqueeze", [cols, i64("k_ax0", [0])]),
+                              g.op("Unsqueeze", [rows, i64("k_ax1", [1])])])  # [s, T]
+    mask = g.op("Tile", [g.op("Where", [future, g.const("a_ninf", np.array(-np.inf, np.float32)),
+                                        g.const("a_zero", np.array(0.0, np.float32))]),
+                         i64("k_tile", [grp, 1])])                            # [grp*s, T]
+    one_token = g.op("Equal", [s_len, i64("k_one1", [1])])                    # [1] bool
+    c_qscale = g.const("a_qscale", np.array(1.0 / np.sqrt(hd), np.float32))
+
+    def attention(i: int, q: str, k: str, v: str) -> str:
+        """If(one token): GroupQueryAttention, else MatMul/Softmax with rotary and the mask."""
+        past_k, past_v = f"past_key_values.{i}.key", f"past_key_values.{i}.value"
+        outer = g.nodes
+        g.nodes = []
+        ta, tk, tv = g.op("GroupQueryAttention", [q, k, v, past_k, past_v, seqlens, total,
+                                                  cos, sin], n_out=3, domain=MS, num_heads=nh,
+                          kv_num_heads=nkv, do_rotary=1, rotary_interleaved=0)
+        then_nodes, g.nodes = g.nodes, []
+        qr = g.op("RotaryEmbedding", [q, "position_ids", cos, sin], domain=MS, num_heads=nh)
+        kr = g.op("RotaryEmbedding", [k, "position_ids", cos, sin], domain=MS, num_heads=nkv)
+        qg = g.op("Reshape", [g.op("Transpose", [g.op("Reshape", [
+            g.op("Mul", [qr, c_qscale]), i64(f"k_q4_{i}", [1, -1, nh, hd])])], perm=[0, 2, 1, 3]),
+            i64(f"k_qg_{i}", [1, nkv, -1, hd])])                             # [1, kv, grp*s, hd]
+        kv4 = i64(f"k_kv4_{i}", [1, -1, nkv, hd])
+        ek = g.op("Concat", [past_k, g.op("Transpose", [g.op("Reshape", [kr, kv4])],
+                                          perm=[0, 2, 1, 3])], axis=2)       # [1, kv, T, hd]
+        ev = g.op("Concat", [past_v, g.op("Transpose", [g.op("Reshape", [v, kv4])],
+                                          perm=[0, 2, 1, 3])], axis=2)
+        sc = g.op("Add", [g.op("MatMul", [qg, g.op("Transpose", [ek], perm=[0, 1, 3, 2])]), mask])
+        o = g.op("MatMul", [g.op("Softmax", [sc], axis=-1), ev])             # [1, kv, grp*s, hd]
+        ea = g.op("Reshape", [g.op("Transpose", [g.op("Reshape", [
+            o, i64(f"k_oh_{i}", [1, nh, -1, hd])])], perm=[0, 2, 1, 3]),
+            i64(f"k_oa_{i}", [1, -1, nh * hd])])
+        else_nodes, g.nodes = g.nodes, outer
+
+        def branch(name, nodes, outs):
+            return helper.make_graph(nodes, name, [], [
+                helper.make_tensor_value_info(x, TensorProto.FLOAT, None) for x in outs])
+        return g.op("If", [one_token], outputs=[g.name(), f"present.{i}.key",
+                                                 f"present.{i}.value"],
+                    then_branch=branch(f"decode{i}", then_nodes, [ta, tk, tv]),
+                    else_branch=branch(f"prefill{i}", else_nodes, [ea, ek, ev]))[0]
+
     # embedding: one table [H, V] for Gather and LM head
     emb = weight("model.embed_tokens.weight", "emb")
     gt = g.op("Gather", [emb[0], "input_ids"], axis=1)                # [H, 1, s]
@@ -172,11 +229,7 @@ def runtime_graph(model, tensors: dict, preset: str) -> tuple[onnx.ModelProto, l
         q = linear(x, weight(p + "self_attn.q_proj.weight", f"w{i}q"))
         k = linear(x, weight(p + "self_attn.k_proj.weight", f"w{i}k"))
         v = linear(x, weight(p + "self_attn.v_proj.weight", f"w{i}v"))
-        a = g.op("GroupQueryAttention",
-                 [q, k, v, f"past_key_values.{i}.key", f"past_key_values.{i}.value",
-                  seqlens, total, cos, sin],
-                 outputs=[g.name(), f"present.{i}.key", f"present.{i}.value"], domain=MS,
-                 num_heads=nh, kv_num_heads=nkv, do_rotary=1, rotary_interleaved=0)[0]
+        a = attention(i, q, k, v)
         o = linear(a, weight(p + "self_attn.o_proj.weight", f"w{i}o"))
         x, _, _, h = g.op("SkipSimplifiedLayerNormalization", [o, h, g_post],
                           outputs=[g.name(), "", "", g.name()], domain=MS, epsilon=eps)
