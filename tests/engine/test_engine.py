@@ -160,15 +160,19 @@ def test_cancel_before_start_changes_nothing(make_engine):
     assert engine.history() == [] and backend.forwarded == []
 
 
-def test_clear_while_streaming_aborts_and_forgets(make_engine):
-    engine, backend = make_engine(replies="one two three four five")
-
+def chat_acting_on_each_piece(engine: ChatEngine, act):
+    """engine.chat("count", temperature=0), calling act(stream) on every streamed piece."""
     async def go():
         stream = engine.chat("count", temperature=0)
         async for _ in stream:
-            engine.clear()
+            act(stream)
         return await stream.result()
-    reply = asyncio.run(go())
+    return asyncio.run(go())
+
+
+def test_clear_while_streaming_aborts_and_forgets(make_engine):
+    engine, backend = make_engine(replies="one two three four five")
+    reply = chat_acting_on_each_piece(engine, lambda stream: engine.clear())
     assert reply.finish_reason == "abort"
     assert engine.history() == []
     assert consistent(engine, backend)
@@ -217,13 +221,7 @@ def test_profile_counts_the_decode_steps(make_engine, talk, settings, finish):
 
 def test_profile_of_an_aborted_reply_counts_its_last_forward(make_engine):
     engine, backend = make_engine(replies="one two three four five six seven")
-
-    async def go():
-        stream = engine.chat("count", temperature=0)
-        async for p in stream:
-            stream.cancel()
-        return await stream.result()
-    reply = asyncio.run(go())
+    reply = chat_acting_on_each_piece(engine, lambda stream: stream.cancel())
     assert reply.finish_reason == "abort" and reply.completion_tokens >= 1
     check_profile(reply, backend)
 
