@@ -84,7 +84,9 @@ case "$cmd" in
   serve)   setup_python; setup_node; ensure_bundle; exec "$PY" -m smolchat_web serve "$@" ;;
   site)    setup_python; setup_node; exec "$PY" -m smolchat_web site "$@" ;;
   eval)    setup_python; setup_node; setup_chromium; ensure_bundle; exec "$PY" -m smolchat_web eval "$@" ;;
-  bench)   setup_python; setup_node; setup_chromium; exec "$PY" -m smolchat_bench "$@" ;;
+  bench)   # the SmolChat row needs the compact bundle and the built site, like serve does
+    setup_python; setup_node; setup_chromium; ensure_bundle; "$PY" -m smolchat_web site
+    exec "$PY" -m smolchat_bench "$@" ;;
   test)
     setup_python; setup_node; setup_chromium
     # The real build runs first: the tests check what ships (size gate, parity, goldens).

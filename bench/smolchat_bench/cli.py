@@ -73,9 +73,6 @@ def parse_args(argv):
     ap.add_argument("--out", type=Path, help="directory for the JSON and Markdown")
     ap.add_argument("--smolchat-bundle", default=BUNDLE_ID,
                     help="bundle id under models/ for the smolchat row (default %(default)s)")
-    ap.add_argument("--allow-unready", action="store_true",
-                    help="run the smolchat row on a bundle without its models/READY-<preset> mark "
-                         "(recorded in the results)")
     ap.add_argument("--with-llama-cpp", action="store_true",
                     help="build llama-cpp-python (~6 min) if it is missing, for the native llama.cpp row")
     a = ap.parse_args(argv)
@@ -113,17 +110,13 @@ def prompt_token_counts(quick: bool) -> dict:
             "long": n([{"role": "user", "content": prompts.long_prompt(quick)}])}
 
 
-def smolchat_unavailable(bundle_id: str, allow_unready: bool) -> str | None:
+def smolchat_unavailable(bundle_id: str) -> str | None:
+    """Why the SmolChat row cannot run (./build.sh bench builds both first), or None."""
     missing = []
     if not (SITE / "smolchat.js").exists():
-        missing.append("dist/site/smolchat.js (python -m smolchat_web site)")
-    # models/READY-<preset>: the bundle build's mark that the real bundle exists
-    ready = "READY-" + bundle_id.removeprefix("smollm2-135m-instruct-")
-    if (bundle_id.startswith("smollm2-135m-instruct-") and not (MODELS / ready).exists()
-            and not allow_unready):
-        missing.append(f"models/{ready} (./build.sh bundle)")
+        missing.append("dist/site/smolchat.js (./build.sh site)")
     if not (MODELS / bundle_id / "manifest.json").exists():
-        missing.append(f"models/{bundle_id}/manifest.json")
+        missing.append(f"models/{bundle_id}/manifest.json (./build.sh bundle)")
     return ("missing " + ", ".join(missing)) if missing else None
 
 
@@ -138,7 +131,7 @@ def run_browser(args, systems: list[str], results: dict, n_long: int | None, che
     for s in systems:
         try:
             if s == "smolchat":
-                reason = smolchat_unavailable(args.smolchat_bundle, args.allow_unready)
+                reason = smolchat_unavailable(args.smolchat_bundle)
                 if reason:
                     raise browser.SystemUnavailable(reason)
             elif s == "wllama":
@@ -202,9 +195,7 @@ def _assemble_browser(args, todo, reps, info, results, n_long) -> None:
             continue
         results["systems"][s] = {"kind": "browser", "available": True, "reason": None, "runs": runs}
         if s == "smolchat":
-            mark = "READY-" + args.smolchat_bundle.removeprefix("smollm2-135m-instruct-")
-            results["systems"][s]["bundle"] = {"id": args.smolchat_bundle,
-                                               "ready_mark": (MODELS / mark).exists()}
+            results["systems"][s]["bundle"] = {"id": args.smolchat_bundle}
 
 
 def _strip(rep: dict) -> dict:
