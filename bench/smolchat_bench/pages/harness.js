@@ -15,6 +15,7 @@ const params = new URLSearchParams(location.search);
 const system = params.get('system');
 const threads = Number(params.get('threads') || '1');
 const log = (s) => { document.getElementById('log').textContent += s + '\n'; };
+const MEMORY_WAIT_MS = 10000;  // see memory()
 
 async function start() {
   const adapter = await import(`./${system}.js`);
@@ -48,11 +49,15 @@ window.bench = {
     return { t0, t1, times, tokens: r.tokens ?? null, promptTokens: r.promptTokens ?? null,
              text: r.text, extra: r.extra ?? null };
   },
-  // JS + wasm memory of this page and its workers (null when not isolated):
+  // JS + wasm memory of this page and its workers (null when not isolated, or when Chromium
+  // has not answered within MEMORY_WAIT_MS: with thread workers (ORT's, wllama's) it answers
+  // only after ~60 s, which made a full run ~75 min of mostly waiting):
   // {bytes, by_scope: {Window|DedicatedWorkerGlobalScope|...: bytes}}.
   async memory() {
     if (!self.crossOriginIsolated || !performance.measureUserAgentSpecificMemory) return null;
-    const m = await performance.measureUserAgentSpecificMemory();
+    const m = await Promise.race([performance.measureUserAgentSpecificMemory(),
+                                  new Promise((resolve) => setTimeout(() => resolve(null), MEMORY_WAIT_MS))]);
+    if (!m) return null;
     const by_scope = {};
     for (const b of m.breakdown) {
       const scope = b.attribution.length ? b.attribution.map((a) => a.scope).join('+') : 'shared';
