@@ -6,7 +6,8 @@
 
 Systems: smolchat, wllama, transformersjs (browser, served from one local origin with
 COOP/COEP, driven in headless Chromium), native (onnxruntime on our runtime form, plus
-llama.cpp when llama-cpp-python is importable; --with-llama-cpp builds it, ~6 min).
+llama.cpp when llama-cpp-python is importable; --with-llama-cpp builds it, ~6 min; and the
+runtime form's memory in ORT Web's wasm, run in Node: runtime_memory.mjs).
 A system that cannot run is reported as not available with the reason; the others still run.
 Full runs write bench/results/latest.{json,md} (committed) and a timestamped copy under
 bench/results/raw/; quick runs write bench/results/raw/quick.{json,md} unless --out is given.
@@ -261,6 +262,37 @@ def run_native(args, results: dict, n_long: int | None, checkpoint) -> None:
                                         "reason": f"{type(e).__name__}: {e}"[:2000]}
 
 
+# V8 compiles all of ORT's wasm up front (TurboFan), so the engine baseline holds all its code
+# and the figures above it are the model's data alone (lazy compilation would add the code of
+# the kernels this graph uses to the model's figures: ~100-200 MB, an engine cost).
+RUNTIME_MEMORY_FLAGS = ["--expose-gc", "--no-liftoff", "--no-wasm-lazy-compilation"]
+
+
+def run_runtime_memory(results: dict, n_long: int | None) -> None:
+    """The runtime form's memory in ORT Web's wasm (runtime_memory.mjs in Node), loaded the
+    page's way (on demand) and the first landing's way (whole model.data first)."""
+    bdir = bundle_dir()
+    script = Path(__file__).resolve().parent / "runtime_memory.mjs"
+    if not bdir or not (SITE / "runtime_form.js").exists():
+        results["runtime_form_memory"] = {"available": False,
+                                          "reason": "needs the compact bundle and dist/site"}
+        return
+    variants = {}
+    try:
+        for variant in ("on-demand", "whole"):
+            cmd = ["node", *RUNTIME_MEMORY_FLAGS, str(script), str(bdir), str(SITE), variant,
+                   str(n_long or 500)]
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+            if p.returncode != 0:
+                raise RuntimeError(f"exit {p.returncode}: {p.stderr.strip()[-800:]}")
+            variants[variant] = json.loads(p.stdout.strip().splitlines()[-1])
+            log(f"runtime form memory, {variant}: {variants[variant]}")
+        results["runtime_form_memory"] = {"available": True, "node_flags": RUNTIME_MEMORY_FLAGS,
+                                          "variants": variants}
+    except (OSError, RuntimeError, subprocess.TimeoutExpired, ValueError) as e:
+        results["runtime_form_memory"] = {"available": False, "reason": f"{type(e).__name__}: {e}"[:1000]}
+
+
 def _child_env() -> dict:
     """The native subprocess imports smolchat_bench and smolchat (py_runtime/)."""
     paths = [str(BENCH), str(ROOT / "py_runtime")]
@@ -330,6 +362,8 @@ def main(argv=None) -> None:
     # Native first: short, and it frees the cores before the long browser runs.
     if "native" in args.systems:
         run_native(args, results, n_prompt.get("long"), checkpoint)
+        run_runtime_memory(results, n_prompt.get("long"))
+        checkpoint()
     if browser_systems:
         run_browser(args, browser_systems, results, n_prompt.get("long"), checkpoint)
     paths = checkpoint(final=True)

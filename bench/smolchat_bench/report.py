@@ -110,7 +110,7 @@ def markdown(results: dict) -> str:
     missing = [f"- {LABELS.get(k, k)}: {v['reason']}" for k, v in results["systems"].items()
                if not v.get("available")]
     lines += (missing or ["- nothing: every system ran."]) + [""]
-    lines += _targets(results) + _profiles(results)
+    lines += _targets(results) + _runtime_memory(results) + _profiles(results)
     return "\n".join(lines)
 
 
@@ -130,6 +130,27 @@ def _targets(results: dict) -> list[str]:
             else:
                 status = "met" if (med <= bound if better == "lower" else med >= bound) else "not met"
             lines.append(f"| {label} {op} {bound:g} | {threads} | {_fmt(med, unit)} | {status} |")
+    return lines + [""]
+
+
+def _runtime_memory(results: dict) -> list[str]:
+    rm = results.get("runtime_form_memory")
+    if not rm:
+        return []
+    lines = ["## Runtime form memory (ORT Web's wasm in Node, the model's data alone)", ""]
+    if not rm.get("available"):
+        return lines + [f"- not measured: {rm.get('reason')}", ""]
+    lines += ["MB above the engine (ORT initialised, all its wasm compiled: node "
+              f"{' '.join(rm['node_flags'])}); one process per row; prefill then 16 decode steps.",
+              "", "| model.data given to ORT | load peak | load + run peak | after, steady | "
+              "wasm heap: session | wasm heap: after prefill | session ms |",
+              "|---|---|---|---|---|---|---|"]
+    names = {"on-demand": "on demand, tensor by tensor (the page)", "whole": "whole, expanded first"}
+    for k, v in rm["variants"].items():
+        lines.append(f"| {names.get(k, k)} | {v['load_peak_above_engine_mb']:.0f} | "
+                     f"{v['run_peak_above_engine_mb']:.0f} | "
+                     f"{v['steady_rss_above_engine_mb']:.0f} | {v['wasm_heap_mb']:.0f} | "
+                     f"{v['wasm_heap_prefill_mb']:.0f} ({v['prefill_tokens']} tokens) | {v['session_ms']} |")
     return lines + [""]
 
 

@@ -117,6 +117,14 @@ def test_quick_mode_end_to_end(tmp_path):
     if bundle_dir() is not None:
         assert systems["native_ort"]["available"], systems["native_ort"].get("reason")
         assert systems["native_ort"]["runs"]["1"]["decode_profile"]["per_step"]["ort_run_ms"] > 0
+        rm = res["runtime_form_memory"]  # the page's ORT wasm and runtime_form.js, in Node
+        assert rm["available"], rm.get("reason")
+        assert set(rm["variants"]) == {"on-demand", "whole"}
+        for v in rm["variants"].values():
+            # the wasm heap holds model.data, and the run's prefill can only grow it
+            assert v["expanded_mb"] <= v["wasm_heap_mb"] <= v["wasm_heap_prefill_mb"]
+            assert v["load_peak_above_engine_mb"] >= v["wasm_heap_mb"] - v["expanded_mb"] * 0.1
+        assert "## Runtime form memory" in (tmp_path / "latest.md").read_text()
     llama = systems["native_llamacpp"]  # optional: built only on request, never in CI
     assert llama["available"] or "llama-cpp-python" in llama["reason"]
 

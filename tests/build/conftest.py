@@ -13,15 +13,22 @@ ROOT = Path(__file__).resolve().parents[2]
 MODELS = ROOT / "models"
 NODE_EXPAND = ROOT / "tests" / "build" / "expand_node.mjs"
 JS_MODULE = ROOT / "web" / "src" / "runtime_form.js"
+# ORT Web's Node entry (web/node_modules, from ./build.sh's npm ci): the same wasm the page runs
+ORT_NODE = ROOT / "web" / "node_modules" / "onnxruntime-web" / "dist" / "ort.node.min.mjs"
 
 
-def _node_expand_sha(bundle: Path) -> dict:
-    """Run web/src/runtime_form.js in Node on a bundle -> {sha256, bytes, ms}."""
+def _node_expand_sha(bundle: Path, with_ort: bool = False) -> dict:
+    """Run web/src/runtime_form.js in Node on a bundle -> the JSON of expand_node.mjs
+    ({sha256, bytes, ms, source_sha256, odd_reads_equal[, ort]}); with_ort: also hand the
+    on-demand source to an ORT Web session (needs web/node_modules)."""
     import json
     if shutil.which("node") is None:
         pytest.skip("node is not installed")
-    r = subprocess.run(["node", str(NODE_EXPAND), str(bundle), JS_MODULE.as_uri()],
-                       capture_output=True, text=True, timeout=600)
+    args = ["node", str(NODE_EXPAND), str(bundle), JS_MODULE.as_uri()]
+    if with_ort:
+        assert ORT_NODE.is_file(), f"{ORT_NODE} is missing: run ./build.sh test (it runs npm ci in web/)"
+        args.append(ORT_NODE.as_uri())
+    r = subprocess.run(args, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -46,5 +53,5 @@ def tiny_reference():
 
 @pytest.fixture(scope="session")
 def node_expand_sha():
-    """Function: bundle dir -> {sha256, bytes, ms} of the JS expansion (runs Node)."""
+    """Function: (bundle dir, with_ort=False) -> the JS expansion's JSON (runs Node)."""
     return _node_expand_sha

@@ -1,14 +1,61 @@
 // Node helper for tests/build: expand a bundle's weights.bin with web/src/runtime_form.js and
-// print {"sha256", "bytes", "ms"} as JSON. Usage: node expand_node.mjs BUNDLE_DIR MODULE_URL
+// print one JSON line:
+//   sha256, bytes, ms        expandRuntimeData (the whole model.data at once)
+//   source_sha256            runtimeDataSource read one tensor region at a time, as ORT does
+//   odd_reads_equal          reads across tensor borders, padding and partial tensors equal the
+//                            same bytes of the whole expansion
+//   ort                      (when ORT_MODULE is given) the source handed to ORT Web as external
+//                            data: {reads, expansions, regions, tensors, output_names}
+// Usage: node expand_node.mjs BUNDLE_DIR MODULE_URL [ORT_MODULE_URL]
 import { readFileSync } from "node:fs";
 import { createHash } from "node:crypto";
 
-const [dir, moduleUrl] = process.argv.slice(2);
-const { expandRuntimeData } = await import(moduleUrl);
+const [dir, moduleUrl, ortUrl] = process.argv.slice(2);
+const { expandRuntimeData, runtimeDataSource } = await import(moduleUrl);
 const manifest = JSON.parse(readFileSync(`${dir}/manifest.json`, "utf8"));
 const weights = new Uint8Array(readFileSync(`${dir}/${manifest.runtime.weights_file}`));
+const sha = (bytes) => createHash("sha256").update(bytes).digest("hex");
+
 const t0 = performance.now();
 const data = expandRuntimeData(manifest, weights);
 const ms = Math.round(performance.now() - t0);
-const sha256 = createHash("sha256").update(data).digest("hex");
-console.log(JSON.stringify({ sha256, bytes: data.length, ms }));
+const result = { sha256: sha(data), bytes: data.length, ms };
+
+// Every tensor's regions (q4c_i8: int8 then scales), read in reverse so kept scales are used.
+const regions = [];
+for (const t of manifest.runtime.tensors) {
+  if (t.op === "q4c_i8") regions.push([t.dst, t.n * t.k], [t.dst_scale, 4 * t.n]);
+  else if (t.op === "copy") regions.push([t.dst, t.bytes]);
+  else regions.push([t.dst, 4 * t.n * t.k]);
+}
+const source = runtimeDataSource(manifest, weights);
+const assembled = new Uint8Array(source.byteLength);
+for (const [start, len] of regions.slice().reverse()) assembled.set(source.subarray(start, start + len), start);
+result.source_sha256 = sha(assembled);
+result.source_bytes = source.byteLength;
+
+// Odd reads: straddling borders, inside one tensor, the padding, the whole file.
+let odd = true;
+const reads = [[0, data.length]];
+for (const [start, len] of regions) reads.push([Math.max(0, start - 3), Math.min(data.length, start + 5)], [start + (len >> 1), start + len]);
+for (const [a, b] of reads) {
+  const got = source.subarray(a, b);
+  if (got.length !== b - a || sha(got) !== sha(data.subarray(a, b))) { odd = false; break; }
+}
+result.odd_reads_equal = odd;
+
+if (ortUrl) {
+  const ort = await import(ortUrl);
+  ort.env.wasm.numThreads = 1;
+  ort.env.logLevel = "error";
+  const lazy = runtimeDataSource(manifest, weights);
+  const graph = readFileSync(`${dir}/${manifest.runtime.graph}`);
+  const session = await ort.InferenceSession.create(graph, {
+    graphOptimizationLevel: manifest.runtime.graph_optimization ?? "basic",
+    externalData: [{ path: manifest.runtime.external_data, data: lazy }],
+  });
+  result.ort = { ...lazy.stats, regions: regions.length, tensors: manifest.runtime.tensors.length,
+                 output_names: session.outputNames.length };
+  await session.release();
+}
+console.log(JSON.stringify(result));

@@ -82,6 +82,22 @@ def test_js_expansion_is_bit_identical_to_numpy(tiny_bundles, node_expand_sha):
         py = hashlib.sha256(expand_runtime_data(d, man)).hexdigest()
         assert js["sha256"] == py == man["runtime"]["expanded_sha256"]
         assert js["bytes"] == man["runtime"]["expanded_bytes"]
+        # the on-demand source (what the page gives ORT) has the same bytes, however it is read
+        assert js["source_sha256"] == py and js["source_bytes"] == js["bytes"]
+        assert js["odd_reads_equal"] is True
+
+
+def test_ort_web_reads_the_on_demand_source_one_tensor_at_a_time(tiny_bundles, node_expand_sha):
+    """ORT Web (the page's wasm, in Node) takes runtimeDataSource as external data and reads
+    each initializer's region once and whole: the whole model.data is never asked for at once,
+    so it never exists in JS. Pins the ORT behaviour the browser's memory relies on."""
+    for d in tiny_bundles.values():
+        js = node_expand_sha(d, with_ort=True)
+        o = js["ort"]
+        assert o["output_names"] > 1  # the session exists
+        assert o["reads"] == o["regions"]  # one read per initializer region
+        assert o["bytes"] == js["bytes"]  # every byte read exactly once
+        assert o["tensors"] <= o["expansions"] <= o["regions"]
 
 
 def test_corrupted_or_missing_file_is_detected(tiny_bundles, tmp_path):

@@ -85,7 +85,12 @@ def test_compact_greedy_agreement(goldens):
 def test_js_expansion_bit_identical_on_real_bundle(bundle, node_expand_sha):
     _need(bundle)
     man = json.loads((bundle / "manifest.json").read_text())
-    js = node_expand_sha(bundle)
+    js = node_expand_sha(bundle, with_ort=True)
     py = hashlib.sha256(expand_runtime_data(bundle, man, check=False)).hexdigest()
-    print(f"{bundle.name}: JS expansion {js['ms']} ms, {js['bytes']:,} bytes")
+    print(f"{bundle.name}: JS expansion {js['ms']} ms, {js['bytes']:,} bytes; ORT Web read the "
+          f"on-demand source: {json.dumps(js['ort'])}")
     assert js["sha256"] == py == man["runtime"]["expanded_sha256"]
+    # what the page hands ORT: same bytes, each region read once, each tensor expanded once
+    assert js["source_sha256"] == py and js["odd_reads_equal"] is True
+    assert js["ort"]["reads"] == js["ort"]["regions"] and js["ort"]["bytes"] == js["bytes"]
+    assert js["ort"]["expansions"] == js["ort"]["tensors"]

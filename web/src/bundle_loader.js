@@ -106,15 +106,18 @@ export function graphOptimization(manifest) {
 }
 
 export async function createSession(ort, bundle) {
-  const { expandRuntimeData } = await import('./runtime_form.js');
+  const { runtimeDataSource } = await import('./runtime_form.js');
   let data;
   try {
-    data = await expandRuntimeData(bundle.manifest, bundle.weights);
+    // model.data is expanded tensor by tensor as ORT copies it into the wasm heap: the whole
+    // 135 MB file never exists in JS (runtime_form.js, runtimeDataSource)
+    data = runtimeDataSource(bundle.manifest, bundle.weights);
   } catch (e) {
     throw toSmolChatError(e);
   }
-  bundle.weights = null; // the download form is no longer needed
   try {
+    // (an error of the expansion inside ORT's read surfaces as ORT's "failed to load external
+    // data": bundle_corrupt below)
     return await ort.InferenceSession.create(bundle.graph, {
       executionProviders: ['wasm'],
       // manifest.runtime says which level the build verified ('basic': the graph is written
@@ -129,5 +132,8 @@ export async function createSession(ort, bundle) {
       throw makeError('bundle_corrupt', `ONNX Runtime could not load the model graph: ${err.message}`);
     }
     throw err;
+  } finally {
+    bundle.weights = null; // the download form is in the wasm heap now, expanded
+    bundle.graph = null;
   }
 }

@@ -6,10 +6,17 @@
 // every float operation is an IEEE float64 operation in the same order, float32 results go
 // through Math.fround / Float32Array, and rounding is Math.floor(x + 0.5).
 //
+// Two ways to get model.data:
+// * expandRuntimeData(manifest, weights): the whole file in one Uint8Array (tests, Node tools);
+// * runtimeDataSource(manifest, weights): what the browser hands ORT Web as external data. It
+//   never holds model.data whole: ORT asks for one initializer's bytes at a time and copies
+//   them into the wasm heap, and this object expands just those bytes. The 135 MB JS copy of
+//   model.data that expandRuntimeData made is gone from the load's peak memory.
+//
 // What it leaves to others: fetching/caching the files, verifying their sha256, creating the
 // ORT Web session: `ort.InferenceSession.create(modelBytes, {externalData: [{path:
-// manifest.runtime.external_data, data: expandRuntimeData(manifest, weightsBytes)}]})`.
-// Plain ES module, no dependencies. expandRuntimeData is synchronous.
+// manifest.runtime.external_data, data: runtimeDataSource(manifest, weightsBytes)}]})`.
+// Plain ES module, no dependencies. Both functions are synchronous.
 
 export const EXTERNAL_DATA_NAME = "model.data";
 
@@ -146,6 +153,109 @@ export function expandRuntimeData(manifest, weightsBytes, options = {}) {
     if (options.onProgress) options.onProgress(i + 1, total);
   });
   return out;
+}
+
+// The byte regions of model.data one runtime tensor writes: [{start, bytes}], the order in
+// which the op's scratch output holds them (q4c_i8: int8 weights [K, N], then float32 scales [N]).
+function regionsOf(t) {
+  switch (t.op) {
+    case "q4c_i8": return [{ start: t.dst, bytes: t.n * t.k }, { start: t.dst_scale, bytes: 4 * t.n }];
+    case "q4_1_f32": case "q8_0_f32": return [{ start: t.dst, bytes: 4 * t.n * t.k }];
+    case "copy": return [{ start: t.dst, bytes: t.bytes }];
+    default: throw new Error(`bundle_corrupt: unknown runtime op ${t.op}: update SmolChat`);
+  }
+}
+
+// Run one tensor's op into `scratch` (a Uint8Array at offset 0 of its buffer, big enough):
+// -> [Uint8Array view per region, in regionsOf order]. Every op writes all of its bytes.
+function expandTensor(t, w, dv, scratch) {
+  const parts = regionsOf(t);
+  const offsets = [];
+  let size = 0;
+  for (const r of parts) { offsets.push(size); size += r.bytes; }
+  const local = { ...t, dst: 0 };
+  if (t.op === "q4c_i8") local.dst_scale = offsets[1];
+  OPS[t.op](local, w, dv, scratch, new DataView(scratch.buffer, 0, size));
+  return parts.map((r, i) => scratch.subarray(offsets[i], offsets[i] + r.bytes));
+}
+
+/**
+ * model.data on demand, as ONNX Runtime Web reads external data: ORT keeps the object it is
+ * given (a Uint8Array is passed through as is) and, for each initializer, takes
+ * `data.subarray(offset, offset + length)` and copies it into the wasm heap (onnxruntime-web
+ * 1.30.0, ort-wasm-simd-threaded.mjs: the EM_ASM reader behind tensorprotoutils.cc; it checks
+ * `offset + length <= data.byteLength` first). So this is a Uint8Array whose byteLength is
+ * model.data's and whose subarray(begin, end) returns a fresh Uint8Array with exactly the bytes
+ * expandRuntimeData would have there (zero padding between tensors included). Element access
+ * and every other method see an empty array: give it to ORT, nothing else.
+ *
+ * A read of exactly one tensor (what ORT does) returns a view into one scratch buffer that the
+ * next read overwrites: ORT copies it at once (HEAPU8.set). Other reads get a fresh array.
+ * Memory: the weights (download form) plus the scratch, the largest tensor's expansion (the
+ * embedding, N*K int8 = 28 MB). A q4c_i8 tensor's scale part is computed with its int8 part
+ * and kept (copied, 4*N bytes) until ORT asks for it; a repeated read is expanded again.
+ * `stats` counts reads and expansions (tests, diagnostics).
+ * @param {object} manifest  the bundle's manifest.json (or its `runtime` section)
+ * @param {Uint8Array} weightsBytes  the bytes of weights.bin (kept until the session exists)
+ * @returns {Uint8Array & {stats: {reads: number, expansions: number, bytes: number}}}
+ */
+export function runtimeDataSource(manifest, weightsBytes) {
+  const rt = manifest.runtime ?? manifest;
+  if (!(weightsBytes instanceof Uint8Array)) throw new TypeError("weightsBytes must be a Uint8Array");
+  const dv = new DataView(weightsBytes.buffer, weightsBytes.byteOffset, weightsBytes.byteLength);
+  const regions = []; // {start, end, tensor, part}, sorted by start
+  let largest = 0;
+  for (const t of rt.tensors) {
+    const parts = regionsOf(t);
+    largest = Math.max(largest, parts.reduce((sum, r) => sum + r.bytes, 0));
+    parts.forEach((r, part) => regions.push({ start: r.start, end: r.start + r.bytes, tensor: t, part }));
+  }
+  regions.sort((a, b) => a.start - b.start);
+  let scratch = null; // allocated at the first read, dropped with this object
+  const pending = new Map(); // region start -> its bytes, expanded with another part of its tensor
+  const stats = { reads: 0, expansions: 0, bytes: 0 };
+  const total = rt.expanded_bytes;
+
+  function bytesOf(region) {
+    const kept = pending.get(region.start);
+    if (kept) { pending.delete(region.start); return kept; }
+    stats.expansions += 1;
+    scratch = scratch ?? new Uint8Array(largest);
+    const parts = expandTensor(region.tensor, weightsBytes, dv, scratch);
+    regionsOf(region.tensor).forEach((r, i) => {
+      // the other parts of this tensor are kept only when small (scales), copied out of scratch
+      if (i !== region.part && r.bytes <= 1 << 20) pending.set(r.start, parts[i].slice());
+    });
+    return parts[region.part];
+  }
+
+  // index of the first region that ends after `offset`
+  function firstAfter(offset) {
+    let lo = 0, hi = regions.length;
+    while (lo < hi) { const mid = (lo + hi) >> 1; if (regions[mid].end <= offset) lo = mid + 1; else hi = mid; }
+    return lo;
+  }
+
+  class RuntimeData extends Uint8Array {
+    get byteLength() { return total; }
+    get stats() { return stats; }
+    subarray(begin = 0, end = total) {
+      if (!(begin >= 0 && end <= total && begin <= end)) throw new RangeError(`model.data has no bytes [${begin}, ${end})`);
+      stats.reads += 1;
+      stats.bytes += end - begin;
+      const i = firstAfter(begin);
+      const r = regions[i];
+      if (r && r.start === begin && r.end === end) return bytesOf(r); // one tensor: a view
+      const out = new Uint8Array(end - begin);
+      for (let j = i; j < regions.length && regions[j].start < end; j++) {
+        const q = regions[j];
+        const from = Math.max(begin, q.start), to = Math.min(end, q.end);
+        out.set(bytesOf(q).subarray(from - q.start, to - q.start), from - begin);
+      }
+      return out;
+    }
+  }
+  return new RuntimeData(0);
 }
 
 /** Name of the external-data file the graph references (manifest.runtime.external_data). */
