@@ -91,3 +91,24 @@ def test_topk_and_repetition_penalty_in_js(error_page):
     assert r["penal"] == [[3, 5, 2], [5, 4, 3]]          # id 1: 5/2 = 2.5 drops below 3; id 4: -2*2
     assert r["big"] == sorted(range(300), key=lambda i: (-((i * 7919) % 301), i))[:3]
     assert r["lastRow"] == [[1], [2]]                    # logits [1, s, vocab]: last position
+
+
+def test_rebuild_removes_what_no_source_gives(tmp_path):
+    """A file left in the site by an earlier build (a renamed module, an experiment) is not
+    served by the next: the site is exactly what was assembled; bundles' links stay."""
+    from smolchat_web.site import build_site
+    out = tmp_path / "site"
+    info = build_site(out, log=lambda m: None)
+    (out / "old_module.js").write_text("export const stale = true;\n")
+    (out / "vendor/ort/ort-wasm-simd-threaded.jsep.wasm").write_bytes(b"\0asm")
+    (out / "scratch" / "deep").mkdir(parents=True)
+    (out / "scratch" / "deep" / "x.html").write_text("<p>x</p>")
+    build_site(out, log=lambda m: None)
+    assert not (out / "old_module.js").exists()
+    assert not (out / "vendor/ort/ort-wasm-simd-threaded.jsep.wasm").exists()
+    assert not (out / "scratch").exists()
+    for path in ["index.html", "smolchat.js", "examples/widget.html", info["wheel"],
+                 "vendor/ort/ort-wasm-simd-threaded.wasm", "site.json"]:
+        assert (out / path).is_file(), path
+    for name in info["bundles"]:
+        assert (out / "models" / name / "manifest.json").is_file(), name

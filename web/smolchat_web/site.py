@@ -14,7 +14,8 @@
       site.json                          what was assembled: versions, wheel, bundles, default
 
 Incremental: files are copied only when size or mtime changed; the wheel is rebuilt only when
-py_runtime/ changed. What this module ignores: serving (server.py), browsers (headless.py).
+py_runtime/ changed; a file of dist/site that no source gives any more (a renamed module, a
+stray experiment) is deleted, so what is served is exactly what was assembled. What this module ignores: serving (server.py), browsers (headless.py).
 """
 
 from __future__ import annotations
@@ -126,6 +127,22 @@ def bundle_id(name: str) -> str:
     return BUNDLE_PREFIX + name if name in ("compact", "exact") else name
 
 
+def _remove_stale(out: Path, assembled: set[str]) -> int:
+    """Delete files under out that are not in `assembled` (relative paths) and the folders
+    left empty; models/ (symlinks to the bundles, kept in step below) is left alone."""
+    removed = 0
+    for p in sorted(out.rglob("*"), reverse=True):  # children before their folders
+        rel = p.relative_to(out).as_posix()
+        if rel == "models" or rel.startswith("models/"):
+            continue
+        if (p.is_file() or p.is_symlink()) and rel not in assembled:
+            p.unlink()
+            removed += 1
+        elif p.is_dir() and not p.is_symlink() and not any(p.iterdir()):
+            p.rmdir()
+    return removed
+
+
 def build_site(out: Path = DIST, default_bundle: str = DEFAULT_PRESET, log=print) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     previous = None
@@ -135,19 +152,25 @@ def build_site(out: Path = DIST, default_bundle: str = DEFAULT_PRESET, log=print
             previous["wheel_source_hash"] = (out / ".wheel_source_hash").read_text()
 
     copied = 0
+    assembled = {"site.json", ".wheel_source_hash"}  # paths relative to out
     ours = [WEB / "index.html", *sorted(WEB.glob("*.js")), *sorted(WEB.glob("*.d.ts")),
             *sorted((WEB / "src").glob("*.js")),
             *sorted((WEB / "src").glob("*.d.ts")), *sorted((WEB / "src").glob("*.css"))]
     for f in ours:
         copied += _copy(f, out / f.name)
+        assembled.add(f.name)
     for f in sorted((WEB / "examples").glob("*")) if (WEB / "examples").is_dir() else []:
         if f.is_file():
             copied += _copy(f, out / "examples" / f.name)
+            assembled.add(f"examples/{f.name}")
     for dest, (package_dir, files) in VENDOR.items():
         for name in files:
             copied += _copy(NODE / package_dir / name, out / dest / name)
+            assembled.add(f"{dest}/{name}")
 
     wheel = build_wheel(out, previous, log)
+    assembled.add(wheel)
+    removed = _remove_stale(out, assembled)
 
     models = out / "models"
     models.mkdir(exist_ok=True)
@@ -171,6 +194,6 @@ def build_site(out: Path = DIST, default_bundle: str = DEFAULT_PRESET, log=print
         "default_bundle": bundle_id(default_bundle),
     }
     (out / "site.json").write_text(json.dumps(info, indent=2) + "\n")
-    log(f"site: {out} ({copied} files updated, wheel {wheel}, bundles: "
+    log(f"site: {out} ({copied} files updated, {removed} stale removed, wheel {wheel}, bundles: "
         f"{', '.join(bundles) or 'none built yet'}; default {info['default_bundle']})")
     return info
