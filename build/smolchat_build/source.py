@@ -255,6 +255,8 @@ def load_source(spec: str | None, cache: Path, adapter: Path | None = None) -> S
     torch.set_grad_enabled(False)
     from transformers import AutoConfig, AutoModelForCausalLM, logging as hf_logging
     hf_logging.set_verbosity_error()
+    if not sys.stderr.isatty():  # a log (CI): no per-tensor \r progress lines from transformers
+        hf_logging.disable_progress_bar()
     gguf_default = None
     if spec is None or spec == TINY:
         gguf_default = fetch_default_gguf(cache)
