@@ -53,6 +53,12 @@ function nibble(w, off, idx) {
 // q4c_i8: value = col[n] * A[a] * (code + T[t]), or col[n] * A[a] * L[code] when the entry has
 // src.code_levels (float64) -> int8 [K, N] with per-column
 // float32 scale s[n] = fround(max_k |value| / 127) (1 if 0), int8 = clamp(floor(v/s + 0.5)).
+// A block has 16 possible values, so each is computed once per block (the same float64
+// operations as per element, so the same bits): value table -> the column's max over the codes
+// that occur -> s -> int8 table. Columns go in batches of Q4C_BATCH so the [K, N] writes fill
+// contiguous runs of a row instead of striding N bytes per element.
+const Q4C_BATCH = 64;
+
 function q4cI8(t, w, dv, out, outDv) {
   const { n: N, k: K, block: QK, src } = t;
   const nb = K / QK;
@@ -61,41 +67,58 @@ function q4cI8(t, w, dv, out, outDv) {
   const L = src.code_levels !== undefined ? f32Array(dv, src.code_levels, 16) : null;
   const T = L ? null : f32Array(dv, src.t_levels, t.n_t);
   const a4t4 = t.params === "a4t4";
-  const vals = new Float64Array(K);
   const dst = new Int8Array(out.buffer, out.byteOffset + t.dst, N * K);
-  for (let n = 0; n < N; n++) {
-    let amax = 0;
-    for (let j = 0; j < nb; j++) {
-      const bi = n * nb + j;
-      let a, ti;
-      if (a4t4) {
-        const p = w[src.params + bi];
-        a = p >> 4;
-        ti = p & 15;
-      } else {
-        a = nibble(w, src.params, bi);
-        ti = 0;
+  const codes = src.codes;
+  const per = nb * 16; // table entries per column
+  const value = new Float64Array(per);
+  const qtab = new Int8Array(Q4C_BATCH * per);
+  for (let n0 = 0; n0 < N; n0 += Q4C_BATCH) {
+    const nn = Math.min(Q4C_BATCH, N - n0);
+    for (let b = 0; b < nn; b++) {
+      const n = n0 + b;
+      let amax = 0;
+      for (let j = 0; j < nb; j++) {
+        const bi = n * nb + j;
+        let a, ti;
+        if (a4t4) {
+          const p = w[src.params + bi];
+          a = p >> 4;
+          ti = p & 15;
+        } else {
+          a = nibble(w, src.params, bi);
+          ti = 0;
+        }
+        const d = col[n] * A[a];
+        const tv = L ? 0 : T[ti];
+        // which of the 16 codes occur in this block (QK even, block starts on a byte)
+        const first = codes + ((n * K + j * QK) >> 1);
+        let seen = 0;
+        for (let i = 0; i < QK >> 1; i++) { const by = w[first + i]; seen |= (1 << (by & 15)) | (1 << (by >> 4)); }
+        for (let c = 0; c < 16; c++) {
+          const v = L ? d * L[c] : d * (c + tv);
+          value[j * 16 + c] = v;
+          if (seen & (1 << c)) { const av = Math.abs(v); if (av > amax) amax = av; }
+        }
       }
-      const d = col[n] * A[a];
-      const tv = L ? 0 : T[ti];
-      const base = n * K + j * QK;
-      for (let i = 0; i < QK; i++) {
-        const c = nibble(w, src.codes, base + i);
-        const v = L ? d * L[c] : d * (c + tv);
-        vals[j * QK + i] = v;
-        const av = Math.abs(v);
-        if (av > amax) amax = av;
+      let s = Math.fround(amax / 127);
+      if (s === 0) s = 1;
+      for (let e = 0; e < per; e++) {
+        let q = Math.floor(value[e] / s + 0.5);
+        if (q > 127) q = 127;
+        else if (q < -127) q = -127;
+        qtab[b * per + e] = q;
       }
+      outDv.setFloat32(t.dst_scale + 4 * n, s, true);
     }
-    let s = Math.fround(amax / 127);
-    if (s === 0) s = 1;
     for (let k = 0; k < K; k++) {
-      let q = Math.floor(vals[k] / s + 0.5);
-      if (q > 127) q = 127;
-      else if (q < -127) q = -127;
-      dst[k * N + n] = q;
+      const j16 = ((k / QK) | 0) * 16;
+      const row = k * N + n0;
+      for (let b = 0; b < nn; b++) {
+        const idx = (n0 + b) * K + k;
+        const by = w[codes + (idx >> 1)];
+        dst[row + b] = qtab[b * per + j16 + (idx & 1 ? by >> 4 : by & 15)];
+      }
     }
-    outDv.setFloat32(t.dst_scale + 4 * n, s, true);
   }
 }
 
