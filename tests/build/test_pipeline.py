@@ -89,15 +89,17 @@ def test_js_expansion_is_bit_identical_to_numpy(tiny_bundles, node_expand_sha):
 
 def test_ort_web_reads_the_on_demand_source_one_tensor_at_a_time(tiny_bundles, node_expand_sha):
     """ORT Web (the page's wasm, in Node) takes runtimeDataSource as external data and reads
-    each initializer's region once and whole: the whole model.data is never asked for at once,
+    it one whole initializer region at a time: the whole model.data is never asked for at once,
     so it never exists in JS. Pins the ORT behaviour the browser's memory relies on."""
     for d in tiny_bundles.values():
         js = node_expand_sha(d, with_ort=True)
         o = js["ort"]
         assert o["output_names"] > 1  # the session exists
-        assert o["reads"] == o["regions"]  # one read per initializer region
-        assert o["bytes"] == js["bytes"]  # every byte read exactly once
-        assert o["tensors"] <= o["expansions"] <= o["regions"]
+        assert o["partial"] == 0  # every read is one tensor region, whole
+        assert o["reads"] >= o["regions"] and o["bytes"] >= js["bytes"]  # every region read
+        # a region is read again only when a constant folded at session start uses it
+        assert o["reads"] - o["regions"] <= 4
+        assert o["tensors"] <= o["expansions"] <= o["reads"]
 
 
 def test_corrupted_or_missing_file_is_detected(tiny_bundles, tmp_path):

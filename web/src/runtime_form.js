@@ -216,11 +216,12 @@ function expandTensor(t, w, dv, scratch) {
  * next read overwrites: ORT copies it at once (HEAPU8.set). Other reads get a fresh array.
  * Memory: the weights (download form) plus the scratch, the largest tensor's expansion (the
  * embedding, N*K int8 = 28 MB). A q4c_i8 tensor's scale part is computed with its int8 part
- * and kept (copied, 4*N bytes) until ORT asks for it; a repeated read is expanded again.
+ * and kept (copied, 4*N bytes) until ORT asks for it; a repeated read is expanded again (ORT
+ * reads a tensor twice when a constant it folds at session start uses it).
  * `stats` counts reads and expansions (tests, diagnostics).
  * @param {object} manifest  the bundle's manifest.json (or its `runtime` section)
  * @param {Uint8Array} weightsBytes  the bytes of weights.bin (kept until the session exists)
- * @returns {Uint8Array & {stats: {reads: number, expansions: number, bytes: number}}}
+ * @returns {Uint8Array & {stats: {reads: number, partial: number, expansions: number, bytes: number}}}
  */
 export function runtimeDataSource(manifest, weightsBytes) {
   const rt = manifest.runtime ?? manifest;
@@ -236,7 +237,7 @@ export function runtimeDataSource(manifest, weightsBytes) {
   regions.sort((a, b) => a.start - b.start);
   let scratch = null; // allocated at the first read, dropped with this object
   const pending = new Map(); // region start -> its bytes, expanded with another part of its tensor
-  const stats = { reads: 0, expansions: 0, bytes: 0 };
+  const stats = { reads: 0, partial: 0, expansions: 0, bytes: 0 }; // partial: reads not one whole region
   const total = rt.expanded_bytes;
 
   function bytesOf(region) {
@@ -269,6 +270,7 @@ export function runtimeDataSource(manifest, weightsBytes) {
       const i = firstAfter(begin);
       const r = regions[i];
       if (r && r.start === begin && r.end === end) return bytesOf(r); // one tensor: a view
+      stats.partial += 1;
       const out = new Uint8Array(end - begin);
       for (let j = i; j < regions.length && regions[j].start < end; j++) {
         const q = regions[j];
