@@ -21,7 +21,7 @@ CACHE = ROOT / ".cache"
 BUDGET = {"compact": 73_400_320, "exact": None}  # bytes of all bundle files (70 MiB)
 PRESETS = ("compact", "exact")
 DEFAULT_QUALITY_TOKENS = 10_240
-CALIBRATION_TOKENS = 2048
+CALIBRATION_TOKENS = 8192
 LM_FLOAT = 8  # compact: LM-head input features kept out of the int8 quantization (graph.py)
 
 
