@@ -63,7 +63,7 @@ def _recipe(preset: str, quality_tokens: int) -> dict:
     if preset == "compact":
         r.update(layers="Q4_1 codes kept (re-rounded where the grid moved); (d, m) per block "
                         "of 32 -> 1 byte (4-bit indices into per-matrix 16-level codebooks "
-                        "for d/col and m/d; pair chosen among 3x3 nearest by activation-"
+                        "for d/col and m/d; pair chosen among 5x5 nearest by activation-"
                         "weighted error) + fp16 per column",
                  calibration=f"mean squared Linear inputs and the LM head's input covariance "
                              f"of the reference on the first {CALIBRATION_TOKENS} tokens of "

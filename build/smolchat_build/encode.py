@@ -64,7 +64,7 @@ def _nearest(x: np.ndarray, lv: np.ndarray, count: int) -> np.ndarray:
         .transpose(-1, *range(x.ndim))
 
 
-def compact_layer(q, imp: np.ndarray | None = None, cand: int = 3,
+def compact_layer(q, imp: np.ndarray | None = None, cand: int = 5,
                   weighted_levels: bool = True) -> dict:
     """Q4_1 QTensor -> q4c parts {codes [N,K] uint8, params [N,B] uint8 (a<<4|t),
     col fp16 [N], A f32[16], T f32[16]}. Per block, the (a, t) pair among the `cand` nearest
