@@ -21,7 +21,8 @@ CACHE = ROOT / ".cache"
 BUDGET = {"compact": 73_400_320, "exact": None}  # bytes of all bundle files (70 MiB)
 PRESETS = ("compact", "exact")
 DEFAULT_QUALITY_TOKENS = 10_240
-CALIBRATION_TOKENS = 2048
+CALIBRATION_TOKENS = 8192
+LM_FLOAT = 8  # compact: LM-head input features kept out of the int8 quantization (graph.py)
 
 
 def bundle_id(preset: str, source: str | None) -> str:
@@ -62,16 +63,20 @@ def _recipe(preset: str, quality_tokens: int) -> dict:
     if preset == "compact":
         r.update(layers="Q4_1 codes kept (re-rounded where the grid moved); (d, m) per block "
                         "of 32 -> 1 byte (4-bit indices into per-matrix 16-level codebooks "
-                        "for d/col and m/d; pair chosen among 3x3 nearest by activation-"
+                        "for d/col and m/d; pair chosen among 5x5 nearest by activation-"
                         "weighted error) + fp16 per column",
-                 calibration=f"mean squared Linear inputs of the reference on the first "
-                             f"{CALIBRATION_TOKENS} tokens of CPython's Lib/argparse.py",
+                 calibration=f"mean squared Linear inputs and the LM head's input covariance "
+                             f"of the reference on the first {CALIBRATION_TOKENS} tokens of "
+                             f"CPython's Lib/argparse.py",
                  embedding="tied; Q8_0 -> 4-bit codes into NF4's 16 levels, 4-bit scale index "
-                           "per block of 32 chosen by the error weighted by the LM head's mean "
-                           "squared input, fp16 per token row",
+                           "per block of 32, fp16 per token row; codes and scale indices by "
+                           "GPTQ-style error feedback for the LM head's output (its input "
+                           "covariance, damping 3% of the diagonal)",
                  runtime="int8 weights per output column x int8 activations per token "
                          "(symmetric, uint8 zero point 128, MatMulIntegerToFloat); int8 embedding "
-                         "Gather + LM head share one table")
+                         f"Gather + LM head share one table; the LM head's {LM_FLOAT} "
+                         "highest-energy input features (calibration) bypass the int8 "
+                         "activation quantization (float32 [features, vocab] side product)")
     else:
         r.update(layers="Q4_1 exactly as in the GGUF", embedding="Q8_0 exactly as in the GGUF",
                  runtime="fp32 MatMul on exactly dequantized weights")
@@ -216,17 +221,18 @@ def _build_into(tmp: Path, preset, source, adapter, key, recipe, quality_tokens,
             raise BuildError(f"fp32 ONNX export does not match PyTorch (max diff {diff:.3g}); "
                              f"check the optimum/transformers versions in requirements.txt")
 
-    with timed("runtime_graph"):
-        graph, ext = gr.runtime_graph(model, src.tensors, preset)
-    imp, calib_desc = None, None
+    imp, cov, calib_desc, lm_float = None, None, None, None
     if preset == "compact":
         with timed("calibrate"):
             ctext, cdesc = qual.calibration_text()
             cids = tok(ctext, add_special_tokens=False)["input_ids"][:CALIBRATION_TOKENS]
-            imp = qual.activation_importance(model, cids)
+            imp, cov = qual.activation_stats(model, cids, cov_keys=(enc.LM_HEAD,))
             calib_desc = f"{cdesc}, first {len(cids)} tokens"
+            lm_float = np.argsort(-imp[enc.LM_HEAD], kind="stable")[:LM_FLOAT].tolist()
+    with timed("runtime_graph"):
+        graph, ext = gr.runtime_graph(model, src.tensors, preset, lm_float)
     with timed("encode"):
-        wbytes, rt, layout = enc.encode(ext, src.tensors, preset, imp)
+        wbytes, rt, layout = enc.encode(ext, src.tensors, preset, imp, cov)
         ex.attach_external(graph, ext, layout)
         onnx.save(graph, str(tmp / "model.onnx"))
         (tmp / "weights.bin").write_bytes(wbytes)

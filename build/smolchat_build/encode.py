@@ -8,8 +8,10 @@ Presets (README "Bundle format" has the byte layouts):
            d = col[n] * A[a], m = d * T[t] (a, t: 4-bit indices into per-matrix 16-entry
            float32 codebooks; col[n]: fp16 per output column). The Q8_0 embedding is
            re-quantized to 4-bit codes into 16 fixed levels (NF4's; value = d * L[code]), one
-           4-bit scale index per block of 32, chosen for the LM head's error. Expanded to
-           int8 [K, N] + float32 scale [N] per column.
+           4-bit scale index per block of 32, codes and scales chosen GPTQ-style for the LM
+           head's output error (its input covariance from calibration, errors pushed onto
+           the hidden features not yet rounded). Expanded to int8 [K, N] + float32 scale [N]
+           per column.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ def _nearest(x: np.ndarray, lv: np.ndarray, count: int) -> np.ndarray:
         .transpose(-1, *range(x.ndim))
 
 
-def compact_layer(q, imp: np.ndarray | None = None, cand: int = 3,
+def compact_layer(q, imp: np.ndarray | None = None, cand: int = 5,
                   weighted_levels: bool = True) -> dict:
     """Q4_1 QTensor -> q4c parts {codes [N,K] uint8, params [N,B] uint8 (a<<4|t),
     col fp16 [N], A f32[16], T f32[16]}. Per block, the (a, t) pair among the `cand` nearest
@@ -113,41 +115,65 @@ CODE_LEVELS = np.array([-1.0, -0.6961928, -0.5250731, -0.3949175, -0.2844414, -0
                         0.5626170, 0.7229568, 1.0], np.float32)
 
 
-def compact_embedding(q, imp: np.ndarray | None = None, rows: int = 2048) -> dict:
-    """Q8_0 embedding [V, H] -> 4-bit codes into CODE_LEVELS: value = col[v] * A[a] * L[code];
-    the scale index a of each block of 32 is chosen by exhaustive search, minimising the
-    squared error weighted by `imp` [H] (mean squared LM-head input per hidden feature: the
-    table is also the LM head, and a few hidden features carry ~1000x the median energy)."""
+def _hinv_upper(h: np.ndarray, damp: float) -> np.ndarray:
+    """U with U^T U = (H + damp * diag(H))^-1, upper triangular, float64 (GPTQ's form)."""
+    h = np.array(h, np.float64)
+    dg = np.diag(h).copy()
+    dg[dg <= 0] = 1  # a feature never seen in calibration
+    h[np.diag_indices_from(h)] = dg * (1 + damp)
+    return np.linalg.cholesky(np.linalg.inv(h)).T
+
+
+def compact_embedding(q, cov: np.ndarray | None = None, damp: float = 0.03,
+                      rows: int = 8192) -> dict:
+    """Q8_0 embedding [V, H] -> 4-bit codes into CODE_LEVELS: value = col[v] * A[a] * L[code].
+
+    The table is also the LM head, so its codes minimise the LM head's output error
+    ||X (W - Wq)^T||^2 for the head's input covariance `cov` = X^T X / n [H, H] (a few hidden
+    features carry ~1000x the median energy), GPTQ-style: along H, each block of 32's scale
+    index a is chosen (exhaustive, the 16 levels) for the error weighted by 1 / U[k, k]^2, its
+    codes are rounded one feature at a time and each rounding error is pushed onto the
+    features not yet rounded through U, the upper Cholesky factor of the damped inverse
+    covariance. cov=None: identity (plain nearest-level rounding, no error feedback)."""
     n, k = q.shape
     nb = k // QK
-    w = q.dequant().astype(np.float64).reshape(n, nb, QK)
+    w0 = q.dequant().astype(np.float64)
     L = CODE_LEVELS.astype(np.float64)
     mid = (L[1:] + L[:-1]) / 2
-    am = np.abs(w).max(-1)
+    am = np.abs(w0.reshape(n, nb, QK)).max(-1)
     col = am.max(axis=1).astype(np.float16)
     col[col == 0] = 1
-    r = am / col.astype(np.float64)[:, None]
-    A = _lloyd(r).astype(np.float32)
+    A = _lloyd(am / col.astype(np.float64)[:, None]).astype(np.float32)
     A64 = A.astype(np.float64)
-    wk = (np.ones(k) if imp is None else imp / max(imp.mean(), 1e-30)).reshape(nb, QK)
+    u = _hinv_upper(np.eye(k) if cov is None else cov, damp)
+    wk = 1.0 / np.diag(u) ** 2
     ai_all = np.zeros((n, nb), np.uint8)
-    codes_all = np.zeros((n, nb, QK), np.uint8)
+    codes_all = np.zeros((n, k), np.uint8)
     for r0 in range(0, n, rows):
         r1 = min(n, r0 + rows)
-        ww = w[r0:r1]
-        c = col[r0:r1].astype(np.float64)[:, None]
-        best_err = np.full((r1 - r0, nb), np.inf)
-        for a in range(16):
-            dd = (c * A64[a])[..., None]
-            codes = np.searchsorted(mid, ww / dd)
-            err = (wk * (dd * L[codes] - ww) ** 2).sum(-1)
-            better = err < best_err
-            best_err = np.where(better, err, best_err)
-            ai_all[r0:r1][better] = a
-            codes_all[r0:r1][better] = codes[better]
+        w = w0[r0:r1].copy()              # [rows, H], updated with the pushed errors
+        c = col[r0:r1].astype(np.float64)
+        for j in range(nb):
+            s, e = j * QK, (j + 1) * QK
+            best_err = np.full(r1 - r0, np.inf)
+            dd = np.zeros(r1 - r0)
+            for a in range(16):
+                da = c * A64[a]
+                codes = np.searchsorted(mid, w[:, s:e] / da[:, None])
+                err = (wk[s:e] * (da[:, None] * L[codes] - w[:, s:e]) ** 2).sum(-1)
+                better = err < best_err
+                best_err = np.where(better, err, best_err)
+                ai_all[r0:r1, j][better] = a
+                dd = np.where(better, da, dd)
+            errs = np.zeros((r1 - r0, QK))
+            for i in range(s, e):
+                codes = np.searchsorted(mid, w[:, i] / dd)
+                codes_all[r0:r1, i] = codes
+                errs[:, i - s] = (w[:, i] - dd * L[codes]) / u[i, i]
+                w[:, i + 1:e] -= np.outer(errs[:, i - s], u[i, i + 1:e])
+            w[:, e:] -= errs @ u[s:e, e:]
         bar("embedding", r1, n)
-    return {"codes": codes_all.reshape(n, k), "params": ai_all, "col": col, "A": A,
-            "L": CODE_LEVELS}
+    return {"codes": codes_all, "params": ai_all, "col": col, "A": A, "L": CODE_LEVELS}
 
 
 class _Writer:
@@ -171,9 +197,10 @@ class _Writer:
 
 
 def encode(ext: list, tensors: dict, preset: str, imp: dict | None = None,
-           ) -> tuple[bytes, dict, dict]:
+           cov: dict | None = None) -> tuple[bytes, dict, dict]:
     """-> (weights.bin bytes, runtime table {tensors, expanded_bytes}, layout name ->
-    (offset, nbytes) in model.data)."""
+    (offset, nbytes) in model.data). imp / cov: quality.activation_stats of the calibration
+    (mean squared Linear inputs; the LM head's input covariance)."""
     wr = _Writer()
     table, layout = [], {}
     dst = 0
@@ -207,7 +234,7 @@ def encode(ext: list, tensors: dict, preset: str, imp: dict | None = None,
         else:
             a4t4 = q.kind == "q4_1"
             c = (compact_layer(q, (imp or {}).get(t.param)) if a4t4
-                 else compact_embedding(q, (imp or {}).get(LM_HEAD)))
+                 else compact_embedding(q, (cov or {}).get(LM_HEAD)))
             src = {"codes": wr.add(pack_nibbles(c["codes"])),
                    "params": wr.add(c["params"].astype(np.uint8) if a4t4
                                     else pack_nibbles(c["params"])),

@@ -87,9 +87,12 @@ class _G:
         return self._consts[key]
 
 
-def runtime_graph(model, tensors: dict, preset: str) -> tuple[onnx.ModelProto, list]:
+def runtime_graph(model, tensors: dict, preset: str, lm_float: list | None = None,
+                  ) -> tuple[onnx.ModelProto, list]:
     """-> (graph with external initializers not yet placed, [ExtTensor]) for the HF Llama
-    `model` (fp32 reference: norm weights and inv_freq come from it) and its QTensors."""
+    `model` (fp32 reference: norm weights and inv_freq come from it) and its QTensors.
+    lm_float (compact): hidden features the LM head takes in float32 instead of through the
+    per-token int8 quantization of its input (see the end of the graph)."""
     cfg = model.config
     check_config(cfg)
     L, H = cfg.num_hidden_layers, cfg.hidden_size
@@ -250,7 +253,23 @@ def runtime_graph(model, tensors: dict, preset: str) -> tuple[onnx.ModelProto, l
                           g.const("k_last_end", np.array([2 ** 62], np.int64)),
                           g.const("k_last_axes", np.array([1], np.int64))])
     g.nodes[-1].name = LAST_POSITION_NODE
-    linear(last, emb, out="logits")
+    if compact and lm_float:
+        # The LM head's input has a few hidden features with ~1000x the median energy; in
+        # the per-token int8 quantization they would set the scale and leave the others a
+        # few levels (measured: ~1.5% of perplexity). They are zeroed before quantization and
+        # added back in float32: x[..., F] @ (float emb[F, :] * emb_s), a [F, vocab] constant
+        # that ORT folds when the session opens (LLM.int8()'s decomposition).
+        feats = np.array(sorted(lm_float), np.int64)
+        keep = np.ones(H, np.float32)
+        keep[feats] = 0
+        c_feats = g.const("k_lm_float", feats)
+        y = linear(g.op("Mul", [last, g.const("a_lm_keep", keep)]), emb)
+        w_f = g.op("Mul", [g.op("Cast", [g.op("Gather", [emb[0], c_feats], axis=0)],
+                                to=TensorProto.FLOAT), emb[1]])                # [F, V]
+        x_f = g.op("Gather", [last, c_feats], axis=2)                          # [1, s, F]
+        g.op("Add", [y, g.op("MatMul", [x_f, w_f])], outputs=["logits"])
+    else:
+        linear(last, emb, out="logits")
 
     f32, i64 = TensorProto.FLOAT, TensorProto.INT64
     inputs = [helper.make_tensor_value_info("input_ids", i64, [1, "sequence_length"]),

@@ -51,16 +51,20 @@ def calibration_text() -> tuple[str, str]:
                   f"{hashlib.sha256(text.encode()).hexdigest()}")
 
 
-def activation_importance(model, ids: list, window: int = 1024) -> dict:
-    """HF parameter name of each Linear -> mean squared input activation per input feature
-    (the LM head's under "lm_head.weight": the tied embedding is quantized for it)."""
+def activation_stats(model, ids: list, window: int = 1024, cov_keys: tuple = ()
+                     ) -> tuple[dict, dict]:
+    """-> (mean squared input activation per input feature [K], input covariance X^T X / n
+    [K, K] float64 for the keys in `cov_keys`), keyed by HF parameter name of each Linear (the
+    LM head's under "lm_head.weight": the tied embedding is quantized for it)."""
     import torch
-    acc, hooks = {}, []
+    acc, cov, hooks = {}, {}, []
     for name, mod in model.named_modules():
         if isinstance(mod, torch.nn.Linear):
             def hook(mod, args, key=name + ".weight"):
                 x = args[0].reshape(-1, args[0].shape[-1]).double()
                 acc[key] = acc.get(key, 0) + (x ** 2).sum(0).numpy()
+                if key in cov_keys:
+                    cov[key] = cov.get(key, 0) + (x.T @ x).numpy()
             hooks.append(mod.register_forward_pre_hook(hook))
     try:
         with torch.no_grad():
@@ -69,7 +73,8 @@ def activation_importance(model, ids: list, window: int = 1024) -> dict:
     finally:
         for h in hooks:
             h.remove()
-    return {k: v / len(ids) for k, v in acc.items()}
+    return ({k: v / len(ids) for k, v in acc.items()},
+            {k: v / len(ids) for k, v in cov.items()})
 
 
 def torch_greedy(model, ids: list, n_new: int, eos: int) -> list:

@@ -214,6 +214,32 @@ def test_q4_1_roundtrip_matches_ggml_rule():
     assert np.abs(q8.dequant() - w).max() < np.abs(w).max() / 127
 
 
+def test_embedding_codes_lower_the_lm_head_output_error():
+    """compact_embedding with the LM head's input covariance (a few high-energy, correlated
+    features, as in SmolLM2) gives a smaller output error tr(E H E^T) than without it, and its
+    codes stay 4-bit values on the documented grid."""
+    from smolchat_build.encode import CODE_LEVELS, compact_embedding
+    from smolchat_build.source import quantize_q8_0
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(512, 64)).astype(np.float32)
+    x = rng.normal(size=(4096, 64))
+    x[:, :3] *= 30
+    x[:, 3] = x[:, 0] + rng.normal(size=4096)
+    h = x.T @ x / len(x)
+    q = quantize_q8_0("emb", w)
+
+    def out_err(c):
+        d = c["col"].astype(np.float64)[:, None] * c["A"].astype(np.float64)[c["params"]]
+        lv = CODE_LEVELS.astype(np.float64)[c["codes"].reshape(512, 2, 32)]
+        v = (d[..., None] * lv).reshape(512, 64)
+        e = v - q.dequant()
+        return np.einsum("nk,kl,nl->", e, h, e)
+    plain, fed = compact_embedding(q, None), compact_embedding(q, h)
+    assert fed["codes"].max() <= 15 and fed["params"].max() <= 15
+    print(f"output error: plain {out_err(plain):.4g}, with covariance {out_err(fed):.4g}")
+    assert out_err(fed) < 0.8 * out_err(plain)
+
+
 def test_score_exact_tiny_bundle_equals_reference(tiny_bundles, tmp_path):
     from smolchat_build.score import score
     f = tmp_path / "text.txt"
