@@ -277,11 +277,12 @@ def run_runtime_memory(results: dict, n_long: int | None) -> None:
         results["runtime_form_memory"] = {"available": False,
                                           "reason": "needs the compact bundle and dist/site"}
         return
+    from smolchat.engine import PREFILL_CHUNK  # the chunks the engine prefills in
     variants = {}
     try:
         for variant in ("on-demand", "whole"):
             cmd = ["node", *RUNTIME_MEMORY_FLAGS, str(script), str(bdir), str(SITE), variant,
-                   str(n_long or 500)]
+                   str(n_long or 500), str(PREFILL_CHUNK)]
             p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
             if p.returncode != 0:
                 raise RuntimeError(f"exit {p.returncode}: {p.stderr.strip()[-800:]}")

@@ -2,7 +2,7 @@
 // run in Node, where the process RSS is exact and the wasm heap can be read. One variant per
 // process (the wasm heap never shrinks); prints one JSON line.
 //
-//   node runtime_memory.mjs BUNDLE_DIR SITE_DIR on-demand|whole [PREFILL_TOKENS]
+//   node runtime_memory.mjs BUNDLE_DIR SITE_DIR on-demand|whole PREFILL_TOKENS PREFILL_CHUNK
 //
 // on-demand: runtimeDataSource, what the page does (ORT reads model.data tensor by tensor);
 // whole:     expandRuntimeData first, then ORT copies it (the first landing's way).
@@ -22,8 +22,9 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 
-const [dir, site, variant = 'on-demand', prefillArg = '500'] = process.argv.slice(2);
+const [dir, site, variant, prefillArg, chunkArg] = process.argv.slice(2);
 const prefill = Number(prefillArg);
+const chunk = Number(chunkArg); // the engine's PREFILL_CHUNK (tokens per prefill forward)
 
 // ORT's wasm memory is created with `new WebAssembly.Memory` when the first session opens:
 // recorded here (the only way to read its size from outside ORT).
@@ -39,6 +40,8 @@ const resetPeak = () => writeFileSync('/proc/self/clear_refs', '5'); // VmHWM :=
 
 const ort = await import(pathToFileURL(resolve(site, 'vendor/ort/ort.wasm.min.mjs')).href);
 const { runtimeDataSource, expandRuntimeData } = await import(pathToFileURL(resolve(site, 'runtime_form.js')).href);
+// the page's tensor glue (same ORT module: it imports ./vendor/ort/ort.wasm.min.mjs of the site)
+const glue = await import(pathToFileURL(resolve(site, 'ort_glue.js')).href);
 ort.env.wasm.numThreads = 1;
 ort.env.wasm.wasmPaths = pathToFileURL(resolve(site, 'vendor/ort')).href + '/';
 ort.env.logLevel = 'error';
@@ -54,6 +57,7 @@ resetPeak();
 
 const manifest = JSON.parse(readFileSync(`${dir}/manifest.json`, 'utf8'));
 let weights = new Uint8Array(readFileSync(`${dir}/${manifest.runtime.weights_file}`));
+const downloadMb = weights.length / 1e6;
 const graph = readFileSync(`${dir}/${manifest.runtime.graph}`);
 const t0 = performance.now();
 let data = variant === 'whole' ? expandRuntimeData(manifest, weights) : runtimeDataSource(manifest, weights);
@@ -66,25 +70,22 @@ const loadPeak = kb('VmHWM');
 data = null; weights = null;
 const heapSession = heapMb();
 
-// A prefill then decode steps, like a chat turn (the ids do not matter here).
+// A prefill then decode steps, like a chat turn, through the page's glue (the ids do not matter).
 const pastNames = session.inputNames.filter((n) => n.startsWith('past_key_values.'));
-let kv = pastNames.map(() => new ort.Tensor('float32', new Float32Array(0), [1, 3, 0, 64]));
+const presentNames = pastNames.map((n) => n.replace('past_key_values.', 'present.'));
+const cfg = JSON.parse(readFileSync(`${dir}/config.json`, 'utf8')); // KV shape as the bridge reads it
+let kv = glue.emptyKV(pastNames.length, cfg.num_key_value_heads ?? cfg.num_attention_heads,
+                      cfg.hidden_size / cfg.num_attention_heads);
 async function step(ids, past) {
-  const s = ids.length;
-  const feeds = {
-    input_ids: new ort.Tensor('int64', BigInt64Array.from(ids, BigInt), [1, s]),
-    attention_mask: new ort.Tensor('int64', new BigInt64Array(past + s).fill(1n), [1, past + s]),
-    position_ids: new ort.Tensor('int64', BigInt64Array.from(ids, (_, i) => BigInt(past + i)), [1, s]),
-  };
-  pastNames.forEach((n, i) => { feeds[n] = kv[i]; });
-  const out = await session.run(feeds);
-  kv.forEach((t) => t.dispose());
-  kv = pastNames.map((n) => out[n.replace('past_key_values.', 'present.')]);
-  out.logits.dispose();
+  const feeds = glue.stepFeeds(pastNames, kv, ids, past, true, true);
+  const out = glue.collect(await glue.run(session, feeds), presentNames);
+  glue.disposeInputs(feeds);
+  glue.disposeAll(kv);
+  glue.disposeTensor(out.logits);
+  kv = out.kv;
 }
-// prefill in chunks of 256 tokens, as the engine does (py_runtime engine.PREFILL_CHUNK)
-for (let at = 0; at < prefill; at += 256) {
-  await step(Array.from({ length: Math.min(256, prefill - at) }, (_, i) => 100 + ((at + i) % 1000)), at);
+for (let at = 0; at < prefill; at += chunk) {
+  await step(Array.from({ length: Math.min(chunk, prefill - at) }, (_, i) => 100 + ((at + i) % 1000)), at);
 }
 for (let i = 0; i < 16; i++) await step([100], prefill + i);
 const peak = kb('VmHWM');
@@ -97,6 +98,6 @@ console.log(JSON.stringify({
   run_peak_above_engine_mb: r2(peak - engine),
   wasm_heap_mb: r2(heapSession), wasm_heap_prefill_mb: r2(heapMb()),
   steady_rss_above_engine_mb: r2(kb('VmRSS') - engine),
-  download_mb: r2(manifest.runtime.weights_bytes ?? readFileSync(`${dir}/${manifest.runtime.weights_file}`).length / 1e6),
+  download_mb: r2(downloadMb),
   expanded_mb: r2(manifest.runtime.expanded_bytes / 1e6),
 }));

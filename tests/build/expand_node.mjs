@@ -11,7 +11,7 @@ import { readFileSync } from "node:fs";
 import { createHash } from "node:crypto";
 
 const [dir, moduleUrl, ortUrl] = process.argv.slice(2);
-const { expandRuntimeData, runtimeDataSource } = await import(moduleUrl);
+const { expandRuntimeData, runtimeDataSource, regionsOf } = await import(moduleUrl);
 const manifest = JSON.parse(readFileSync(`${dir}/manifest.json`, "utf8"));
 const weights = new Uint8Array(readFileSync(`${dir}/${manifest.runtime.weights_file}`));
 const sha = (bytes) => createHash("sha256").update(bytes).digest("hex");
@@ -22,12 +22,7 @@ const ms = Math.round(performance.now() - t0);
 const result = { sha256: sha(data), bytes: data.length, ms };
 
 // Every tensor's regions (q4c_i8: int8 then scales), read in reverse so kept scales are used.
-const regions = [];
-for (const t of manifest.runtime.tensors) {
-  if (t.op === "q4c_i8") regions.push([t.dst, t.n * t.k], [t.dst_scale, 4 * t.n]);
-  else if (t.op === "copy") regions.push([t.dst, t.bytes]);
-  else regions.push([t.dst, 4 * t.n * t.k]);
-}
+const regions = manifest.runtime.tensors.flatMap((t) => regionsOf(t).map((r) => [r.start, r.bytes]));
 const source = runtimeDataSource(manifest, weights);
 const assembled = new Uint8Array(source.byteLength);
 for (const [start, len] of regions.slice().reverse()) assembled.set(source.subarray(start, start + len), start);

@@ -15,7 +15,8 @@
 
 Incremental: files are copied only when size or mtime changed; the wheel is rebuilt only when
 py_runtime/ changed; a file of dist/site that no source gives any more (a renamed module, a
-stray experiment) is deleted, so what is served is exactly what was assembled. What this module ignores: serving (server.py), browsers (headless.py).
+stray experiment) is deleted, so what is served is exactly what was assembled.
+What this module ignores: serving (server.py), browsers (headless.py).
 """
 
 from __future__ import annotations
@@ -153,20 +154,23 @@ def build_site(out: Path = DIST, default_bundle: str = DEFAULT_PRESET, log=print
 
     copied = 0
     assembled = {"site.json", ".wheel_source_hash"}  # paths relative to out
+
+    def put(src: Path, rel: str) -> None:
+        nonlocal copied
+        copied += _copy(src, out / rel)
+        assembled.add(rel)
+
     ours = [WEB / "index.html", *sorted(WEB.glob("*.js")), *sorted(WEB.glob("*.d.ts")),
             *sorted((WEB / "src").glob("*.js")),
             *sorted((WEB / "src").glob("*.d.ts")), *sorted((WEB / "src").glob("*.css"))]
     for f in ours:
-        copied += _copy(f, out / f.name)
-        assembled.add(f.name)
+        put(f, f.name)
     for f in sorted((WEB / "examples").glob("*")) if (WEB / "examples").is_dir() else []:
         if f.is_file():
-            copied += _copy(f, out / "examples" / f.name)
-            assembled.add(f"examples/{f.name}")
+            put(f, f"examples/{f.name}")
     for dest, (package_dir, files) in VENDOR.items():
         for name in files:
-            copied += _copy(NODE / package_dir / name, out / dest / name)
-            assembled.add(f"{dest}/{name}")
+            put(NODE / package_dir / name, f"{dest}/{name}")
 
     wheel = build_wheel(out, previous, log)
     assembled.add(wheel)

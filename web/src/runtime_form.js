@@ -178,9 +178,12 @@ export function expandRuntimeData(manifest, weightsBytes, options = {}) {
   return out;
 }
 
-// The byte regions of model.data one runtime tensor writes: [{start, bytes}], the order in
-// which the op's scratch output holds them (q4c_i8: int8 weights [K, N], then float32 scales [N]).
-function regionsOf(t) {
+/**
+ * The byte regions of model.data one runtime tensor (an entry of manifest.runtime.tensors)
+ * writes: [{start, bytes}], one per initializer ORT reads, in the order the op produces them
+ * (q4c_i8: int8 weights [K, N], then float32 scales [N]).
+ */
+export function regionsOf(t) {
   switch (t.op) {
     case "q4c_i8": return [{ start: t.dst, bytes: t.n * t.k }, { start: t.dst_scale, bytes: 4 * t.n }];
     case "q4_1_f32": case "q8_0_f32": return [{ start: t.dst, bytes: 4 * t.n * t.k }];
