@@ -39,7 +39,7 @@ const kb = (key) => Number(status().match(new RegExp(`${key}:\\s+(\\d+)`))[1]) *
 const resetPeak = () => writeFileSync('/proc/self/clear_refs', '5'); // VmHWM := VmRSS
 
 const ort = await import(pathToFileURL(resolve(site, 'vendor/ort/ort.wasm.min.mjs')).href);
-const { runtimeDataSource, expandRuntimeData } = await import(pathToFileURL(resolve(site, 'runtime_form.js')).href);
+const { downloadForm, runtimeDataSource, expandRuntimeData } = await import(pathToFileURL(resolve(site, 'runtime_form.js')).href);
 // the page's tensor glue (same ORT module: it imports ./vendor/ort/ort.wasm.min.mjs of the site)
 const glue = await import(pathToFileURL(resolve(site, 'ort_glue.js')).href);
 ort.env.wasm.numThreads = 1;
@@ -60,6 +60,7 @@ let weights = new Uint8Array(readFileSync(`${dir}/${manifest.runtime.weights_fil
 const downloadMb = weights.length / 1e6;
 const graph = readFileSync(`${dir}/${manifest.runtime.graph}`);
 const t0 = performance.now();
+weights = await downloadForm(manifest, weights); // inflated (the file's bytes dropped, as the page does)
 let data = variant === 'whole' ? expandRuntimeData(manifest, weights) : runtimeDataSource(manifest, weights);
 const session = await ort.InferenceSession.create(graph, {
   graphOptimizationLevel: manifest.runtime.graph_optimization ?? 'basic',

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import time
+import zlib
 from pathlib import Path
 
 from . import CODE_VERSION, EXPORT_VERSION, BuildError
@@ -22,7 +23,6 @@ BUDGET = {"compact": 73_400_320, "exact": None}  # bytes of all bundle files (70
 PRESETS = ("compact", "exact")
 DEFAULT_QUALITY_TOKENS = 10_240
 CALIBRATION_TOKENS = 8192
-LM_FLOAT = 8  # compact: LM-head input features kept out of the int8 quantization (graph.py)
 
 
 def bundle_id(preset: str, source: str | None) -> str:
@@ -61,22 +61,22 @@ def _recipe(preset: str, quality_tokens: int) -> dict:
                   + ("MatMulIntegerToFloat" if preset == "compact" else "MatMul"),
          "quality_tokens": quality_tokens}
     if preset == "compact":
-        r.update(layers="Q4_1 codes kept (re-rounded where the grid moved); (d, m) per block "
-                        "of 32 -> 1 byte (4-bit indices into per-matrix 16-level codebooks "
-                        "for d/col and m/d; pair chosen among 5x5 nearest by activation-"
-                        "weighted error) + fp16 per column",
+        from . import encode as enc
+        r.update(layers="Q4_1 exactly as in the GGUF (codes, and fp16 d and m as byte planes)",
                  calibration=f"mean squared Linear inputs and the LM head's input covariance "
                              f"of the reference on the first {CALIBRATION_TOKENS} tokens of "
                              f"CPython's Lib/argparse.py",
-                 embedding="tied; Q8_0 -> 4-bit codes into NF4's 16 levels, 4-bit scale index "
-                           "per block of 32, fp16 per token row; codes and scale indices by "
-                           "GPTQ-style error feedback for the LM head's output (its input "
-                           "covariance, damping 3% of the diagonal)",
+                 embedding=f"tied; Q8_0 -> 4-bit codes into NF4's 16 levels (rows from "
+                           f"{enc.COARSE_FROM} on, the rarer tokens: 3-bit codes into 8 levels), "
+                           "4-bit scale index per block of 32, fp16 per token row; codes and "
+                           "scale indices by GPTQ-style error feedback for the LM head's output "
+                           "(its input covariance, damping 3% of the diagonal)",
                  runtime="int8 weights per output column x int8 activations per token "
                          "(symmetric, uint8 zero point 128, MatMulIntegerToFloat); int8 embedding "
-                         f"Gather + LM head share one table; the LM head's {LM_FLOAT} "
-                         "highest-energy input features (calibration) bypass the int8 "
-                         "activation quantization (float32 [features, vocab] side product)")
+                         f"Gather + LM head share one table; each matrix's "
+                         f"{enc.FLOAT_FEATURES} highest-energy input features (calibration) "
+                         "bypass the int8 activation quantization (float32 rows, "
+                         "[features, N] side product)")
     else:
         r.update(layers="Q4_1 exactly as in the GGUF", embedding="Q8_0 exactly as in the GGUF",
                  runtime="fp32 MatMul on exactly dequantized weights")
@@ -221,23 +221,31 @@ def _build_into(tmp: Path, preset, source, adapter, key, recipe, quality_tokens,
             raise BuildError(f"fp32 ONNX export does not match PyTorch (max diff {diff:.3g}); "
                              f"check the optimum/transformers versions in requirements.txt")
 
-    imp, cov, calib_desc, lm_float = None, None, None, None
+    imp, cov, calib_desc, feats = None, None, None, None
     if preset == "compact":
         with timed("calibrate"):
             ctext, cdesc = qual.calibration_text()
             cids = tok(ctext, add_special_tokens=False)["input_ids"][:CALIBRATION_TOKENS]
             imp, cov = qual.activation_stats(model, cids, cov_keys=(enc.LM_HEAD,))
             calib_desc = f"{cdesc}, first {len(cids)} tokens"
-            lm_float = np.argsort(-imp[enc.LM_HEAD], kind="stable")[:LM_FLOAT].tolist()
+            feats = {p: enc.float_features(imp, enc.LM_HEAD if q.kind == "q8_0" else p)
+                     for p, q in src.tensors.items()}  # the embedding's: the LM head's
     with timed("runtime_graph"):
-        graph, ext = gr.runtime_graph(model, src.tensors, preset, lm_float)
+        graph, ext = gr.runtime_graph(model, src.tensors, preset, feats)
     with timed("encode"):
-        wbytes, rt, layout = enc.encode(ext, src.tensors, preset, imp, cov)
+        wbytes, rt, layout = enc.encode(ext, src.tensors, preset, imp, cov, feats)
         ex.attach_external(graph, ext, layout)
         onnx.save(graph, str(tmp / "model.onnx"))
-        (tmp / "weights.bin").write_bytes(wbytes)
         data = expand(rt, np.frombuffer(wbytes, np.uint8))
-        rt.update({"graph": "model.onnx", "weights_file": "weights.bin",
+        # one zlib stream: the runtimes inflate it before expanding (browsers natively, with
+        # DecompressionStream("deflate")). Huffman coding only: the codes and scales have
+        # next to no repeats, and LZ77 matches cost more than the literals they replace
+        # (measured on compact: 71.25 MB against 71.73 MB at level 9, and 5x faster)
+        say(f"compress: download form {len(wbytes):,} bytes ...")
+        z = zlib.compressobj(9, zlib.DEFLATED, 15, 9, zlib.Z_HUFFMAN_ONLY)
+        (tmp / "weights.bin").write_bytes(z.compress(wbytes) + z.flush())
+        rt.update({"weights_encoding": "zlib", "weights_raw_bytes": len(wbytes),
+                   "graph": "model.onnx", "weights_file": "weights.bin",
                    "external_data": "model.data",
                    "expanded_sha256": hashlib.sha256(data).hexdigest(),
                    "compute": "int8" if preset == "compact" else "fp32",

@@ -1,17 +1,21 @@
 """The download form `weights.bin` and the expansion table manifest["runtime"]["tensors"].
 
-Presets (README "Bundle format" has the byte layouts):
+Presets (README "Bundle format" has the byte layouts). Either way the download form is
+stored zlib-compressed as one stream (`weights_encoding: "zlib"`, bundle.py): deflate's
+Huffman codes take the Q4_1 codes to ~3.88 bits and the float16 block parameters, stored as
+byte planes, to ~9.5 bits.
 * exact:   layer matrices as the GGUF's Q4_1 (4-bit codes + fp16 scale d and min m per block
            of 32), embedding as Q8_0; expanded to fp32 [K, N] (bit-equal to the reference).
-* compact: op `q4c_i8`. Layer matrices keep the Q4_1 codes (re-rounded only where the
-           compressed block parameters moved the grid); each block's (d, m) becomes one byte:
-           d = col[n] * A[a], m = d * T[t] (a, t: 4-bit indices into per-matrix 16-entry
-           float32 codebooks; col[n]: fp16 per output column). The Q8_0 embedding is
-           re-quantized to 4-bit codes into 16 fixed levels (NF4's; value = d * L[code]), one
-           4-bit scale index per block of 32, codes and scales chosen GPTQ-style for the LM
-           head's output error (its input covariance from calibration, errors pushed onto
-           the hidden features not yet rounded). Expanded to int8 [K, N] + float32 scale [N]
-           per column.
+* compact: layer matrices exactly as the GGUF's Q4_1 too (op `q4_1_i8`: d and m as byte
+           planes), expanded to int8 [K, N] + float32 scale [N] per column. The Q8_0 embedding
+           is re-quantized (op `q4c_i8`) to 4-bit codes into 16 fixed levels (NF4's; value =
+           d * L[code]), rows from COARSE_FROM on (the rarer tokens: BPE ids follow merge
+           order) to 3-bit codes into 8 levels; one 4-bit scale index per block of 32, codes
+           and scales chosen GPTQ-style for the LM head's output error (its input covariance
+           from calibration, errors pushed onto the hidden features not yet rounded). Each
+           matrix's FLOAT_FEATURES highest-energy input features (calibration) also get their
+           weights as float32 rows (`float_rows`): the graph multiplies those features in
+           float32 instead of through the per-token int8 activation quantization.
 """
 
 from __future__ import annotations
@@ -25,6 +29,17 @@ ALIGN_SRC = 8    # weights.bin parts (lets JS take typed-array views)
 ALIGN_DST = 64   # model.data tensors
 QK = 32
 LM_HEAD = "lm_head.weight"  # key of the LM head's input importance (quality.activation_importance)
+# Input features per matrix computed in float32 (LLM.int8()'s decomposition): a few hidden
+# features carry ~100-1000x the median energy and would set every token's int8 scale.
+# Measured (PyTorch simulation, exact weights, 2,048 scoring tokens): int8 activations
+# everywhere 1.032 / top-1 91.6%; the 8 features in float at every matrix 1.011 / 95.6%
+# (32: 1.006 / 95.5%); all float 1.004 / 97.0%.
+FLOAT_FEATURES = 8
+# Embedding rows from here on (token ids in BPE merge order: the rarer tokens) get 3-bit codes.
+# Measured (exact layers, float features, 2,048 scoring tokens): all rows 4-bit 1.0095 / top-1
+# 91.3%, 14.0 MB deflated; from 32768 on 3-bit 1.0096 / 91.0%, 13.0 MB; from 16384 on 1.030 /
+# 89.2%, 11.9 MB. 30720 fits the 70 MiB budget.
+COARSE_FROM = 30720
 
 
 def _lloyd(x: np.ndarray, k: int = 16, iters: int = 12, w: np.ndarray | None = None):
@@ -42,68 +57,11 @@ def _lloyd(x: np.ndarray, k: int = 16, iters: int = 12, w: np.ndarray | None = N
     return lv.astype(np.float32)
 
 
-def _nearest2(x: np.ndarray, lv: np.ndarray):
-    """Indices of the two nearest levels (sorted lv) for each x."""
-    i = np.clip(np.searchsorted(lv, x), 1, len(lv) - 1)
-    lo, hi = i - 1, i
-    first = np.where(np.abs(x - lv[lo]) <= np.abs(x - lv[hi]), lo, hi)
-    second = np.where(first == lo, hi, lo)
-    return first, second
-
-
 def pack_nibbles(v: np.ndarray) -> np.ndarray:
     v = v.astype(np.uint8).ravel()
     if v.size % 2:
         v = np.concatenate([v, np.zeros(1, np.uint8)])
     return (v[0::2] | (v[1::2] << 4)).astype(np.uint8)
-
-
-def _nearest(x: np.ndarray, lv: np.ndarray, count: int) -> np.ndarray:
-    """[count, *x.shape] indices of the `count` nearest levels of lv for each x."""
-    return np.argsort(np.abs(x[..., None] - lv), axis=-1, kind="stable")[..., :count] \
-        .transpose(-1, *range(x.ndim))
-
-
-def compact_layer(q, imp: np.ndarray | None = None, cand: int = 5,
-                  weighted_levels: bool = True) -> dict:
-    """Q4_1 QTensor -> q4c parts {codes [N,K] uint8, params [N,B] uint8 (a<<4|t),
-    col fp16 [N], A f32[16], T f32[16]}. Per block, the (a, t) pair among the `cand` nearest
-    levels of each that minimises the weight error weighted by `imp` (mean squared input
-    activation per input feature, from calibration; activation-aware), codes re-rounded."""
-    n, k = q.shape
-    nb = k // QK
-    d = q.d.astype(np.float64)
-    m = q.m.astype(np.float64)
-    w = q.dequant().astype(np.float64).reshape(n, nb, QK)
-    col = d.max(axis=1).astype(np.float16)
-    col[col == 0] = 1
-    c64 = col.astype(np.float64)[:, None]
-    r = d / c64
-    t = np.where(d > 0, m / np.where(d > 0, d, 1), -7.5)
-    if weighted_levels:
-        s2 = ((q.codes.reshape(n, nb, QK) + t[..., None]) ** 2).mean(-1)
-        A, T = _lloyd(r, w=c64 ** 2 * s2), _lloyd(t, w=d ** 2)
-    else:
-        A, T = _lloyd(r), _lloyd(t)
-    A64, T64 = A.astype(np.float64), T.astype(np.float64)
-    wk = (np.ones(k) if imp is None else imp / max(imp.mean(), 1e-30)).reshape(nb, QK)
-    best_err = np.full((n, nb), np.inf)
-    best_a = np.zeros((n, nb), np.uint8)
-    best_t = np.zeros((n, nb), np.uint8)
-    best_c = np.zeros((n, nb, QK), np.uint8)
-    for ai in _nearest(r, A64, cand):
-        for ti in _nearest(t, T64, cand):
-            dd = c64 * A64[ai]
-            tt = T64[ti]
-            codes = np.clip(np.floor(w / dd[..., None] - tt[..., None] + 0.5), 0, 15)
-            err = (wk * (dd[..., None] * (codes + tt[..., None]) - w) ** 2).sum(-1)
-            better = err < best_err
-            best_err = np.where(better, err, best_err)
-            best_a[better] = ai[better]
-            best_t[better] = ti[better]
-            best_c[better] = codes[better]
-    return {"codes": best_c.reshape(n, k), "params": (best_a << 4) | best_t, "col": col,
-            "A": A, "T": T}
 
 
 # 16 code levels for the embedding: NF4's (normal-distribution quantiles scaled to [-1, 1],
@@ -124,8 +82,13 @@ def _hinv_upper(h: np.ndarray, damp: float) -> np.ndarray:
     return np.linalg.cholesky(np.linalg.inv(h)).T
 
 
+# 8 levels for the coarse rows, built as NF4's are (normal quantiles, 4 above zero, 3 below).
+COARSE_LEVELS = np.array([-1.0, -0.4786478, -0.2171512, 0.0, 0.1609372, 0.3379293, 0.5626374,
+                          1.0], np.float32)
+
+
 def compact_embedding(q, cov: np.ndarray | None = None, damp: float = 0.03,
-                      rows: int = 8192) -> dict:
+                      rows: int = 2048, coarse_from: int | None = None) -> dict:
     """Q8_0 embedding [V, H] -> 4-bit codes into CODE_LEVELS: value = col[v] * A[a] * L[code].
 
     The table is also the LM head, so its codes minimise the LM head's output error
@@ -134,12 +97,14 @@ def compact_embedding(q, cov: np.ndarray | None = None, damp: float = 0.03,
     index a is chosen (exhaustive, the 16 levels) for the error weighted by 1 / U[k, k]^2, its
     codes are rounded one feature at a time and each rounding error is pushed onto the
     features not yet rounded through U, the upper Cholesky factor of the damped inverse
-    covariance. cov=None: identity (plain nearest-level rounding, no error feedback)."""
+    covariance. cov=None: identity (plain nearest-level rounding, no error feedback).
+    Rows from `coarse_from` on use COARSE_LEVELS (codes 0..7)."""
     n, k = q.shape
     nb = k // QK
+    coarse_from = n if coarse_from is None else coarse_from
+    if coarse_from % rows and coarse_from < n:
+        raise ValueError(f"coarse_from {coarse_from} is not a multiple of {rows}")
     w0 = q.dequant().astype(np.float64)
-    L = CODE_LEVELS.astype(np.float64)
-    mid = (L[1:] + L[:-1]) / 2
     am = np.abs(w0.reshape(n, nb, QK)).max(-1)
     col = am.max(axis=1).astype(np.float16)
     col[col == 0] = 1
@@ -151,6 +116,8 @@ def compact_embedding(q, cov: np.ndarray | None = None, damp: float = 0.03,
     codes_all = np.zeros((n, k), np.uint8)
     for r0 in range(0, n, rows):
         r1 = min(n, r0 + rows)
+        L = (CODE_LEVELS if r0 < coarse_from else COARSE_LEVELS).astype(np.float64)
+        mid = (L[1:] + L[:-1]) / 2
         w = w0[r0:r1].copy()              # [rows, H], updated with the pushed errors
         c = col[r0:r1].astype(np.float64)
         for j in range(nb):
@@ -173,34 +140,72 @@ def compact_embedding(q, cov: np.ndarray | None = None, damp: float = 0.03,
                 w[:, i + 1:e] -= np.outer(errs[:, i - s], u[i, i + 1:e])
             w[:, e:] -= errs @ u[s:e, e:]
         bar("embedding", r1, n)
-    return {"codes": codes_all, "params": ai_all, "col": col, "A": A, "L": CODE_LEVELS}
+    return {"codes": codes_all, "params": ai_all, "col": col, "A": A, "L": CODE_LEVELS,
+            "coarse_from": coarse_from, "C": COARSE_LEVELS}
+
+
+def f16_planes(a: np.ndarray) -> tuple:
+    """float16 values -> (low bytes, high bytes): deflate codes the nearly constant high bytes
+    (sign, exponent) apart from the noisy low ones."""
+    u = np.ascontiguousarray(a, np.float16).view(np.uint16).ravel()
+    return (u & 255).astype(np.uint8), (u >> 8).astype(np.uint8)
+
+
+def float_features(imp: dict | None, param: str, count: int = FLOAT_FEATURES) -> list:
+    """The `count` input features of `param` with the highest mean squared input (sorted)."""
+    if not imp or param not in imp:
+        return []
+    return sorted(np.argsort(-imp[param], kind="stable")[:count].tolist())
+
+
+class _Ref(int):
+    """An offset in the download form, known once every part is placed (_Writer.bytes)."""
 
 
 class _Writer:
-    def __init__(self):
-        self.parts: list = []
-        self.size = 0
+    """The download form, laid out by section (a src field name: all "codes" together, then
+    all "d" low-byte planes, ...): deflate's Huffman tables then fit one kind of data at a
+    time (measured: interleaving each matrix's parts cost ~0.8 MB of the compressed file)."""
 
-    def add(self, b: np.ndarray) -> int:
-        pad = (-self.size) % ALIGN_SRC
-        if pad:
-            self.parts.append(np.zeros(pad, np.uint8))
-            self.size += pad
-        off = self.size
-        b = np.ascontiguousarray(b).view(np.uint8).ravel()
-        self.parts.append(b)
-        self.size += b.size
-        return off
+    def __init__(self):
+        self.sections: dict = {}   # section -> [(ref index, uint8 array)]
+        self.offsets: list = []
+
+    def add(self, b: np.ndarray, section: str = "misc") -> int:
+        """-> a reference (index) to the part's offset; `resolve` turns it into the offset."""
+        self.offsets.append(None)
+        ref = _Ref(len(self.offsets) - 1)
+        self.sections.setdefault(section, []).append(
+            (ref, np.ascontiguousarray(b).view(np.uint8).ravel()))
+        return ref
 
     def bytes(self) -> bytes:
-        return b"".join(p.tobytes() for p in self.parts)
+        parts, size = [], 0
+        for sec in self.sections.values():
+            for ref, b in sec:
+                pad = (-size) % ALIGN_SRC
+                parts.append(np.zeros(pad, np.uint8))
+                size += pad
+                self.offsets[ref] = size
+                parts.append(b)
+                size += b.size
+        return b"".join(p.tobytes() for p in parts)
+
+    def resolve(self, v):
+        """Replace every reference in a table entry by its offset."""
+        if isinstance(v, _Ref):
+            return self.offsets[v]
+        if isinstance(v, dict):
+            return {k: self.resolve(x) for k, x in v.items()}
+        return v
 
 
 def encode(ext: list, tensors: dict, preset: str, imp: dict | None = None,
-           cov: dict | None = None) -> tuple[bytes, dict, dict]:
-    """-> (weights.bin bytes, runtime table {tensors, expanded_bytes}, layout name ->
-    (offset, nbytes) in model.data). imp / cov: quality.activation_stats of the calibration
-    (mean squared Linear inputs; the LM head's input covariance)."""
+           cov: dict | None = None, feats: dict | None = None) -> tuple[bytes, dict, dict]:
+    """-> (download form bytes, before compression; runtime table {tensors, expanded_bytes};
+    layout name -> (offset, nbytes) in model.data). imp / cov: quality.activation_stats of the
+    calibration (mean squared Linear inputs; the LM head's input covariance). feats: QTensor
+    param -> the input features written as float32 rows too (the graph's, runtime_graph)."""
     wr = _Writer()
     table, layout = [], {}
     dst = 0
@@ -213,44 +218,54 @@ def encode(ext: list, tensors: dict, preset: str, imp: dict | None = None,
         dst += nbytes
         return off
 
-    scales = {t.param: t.name for t in ext if t.role == "scale"}
+    by_role = {(t.role, t.param): t.name for t in ext if t.role in ("scale", "float_rows")}
     mats = [t for t in ext if t.role == "matrix"]
-    for i, t in enumerate(ext):
+    for t in ext:
         if t.role == "copy":
             a = t.values.astype(np.float32)
-            table.append({"name": t.name, "op": "copy", "src": wr.add(a), "bytes": a.nbytes,
+            table.append({"name": t.name, "op": "copy", "src": wr.add(a, "copy"), "bytes": a.nbytes,
                           "dst": place(t.name, a.nbytes)})
     for i, t in enumerate(mats):
         q = tensors[t.param]
         n, k = q.shape
         head = {"name": t.name, "n": n, "k": k, "block": QK}
         if preset == "exact":
-            src = {"codes": wr.add(pack_nibbles(q.codes) if q.kind == "q4_1" else q.codes),
-                   "d": wr.add(q.d.astype(np.float16))}
+            src = {"codes": wr.add(pack_nibbles(q.codes) if q.kind == "q4_1" else q.codes,
+                                   "codes"),
+                   "d": wr.add(q.d.astype(np.float16), "d")}
             if q.kind == "q4_1":
-                src["m"] = wr.add(q.m.astype(np.float16))
+                src["m"] = wr.add(q.m.astype(np.float16), "m")
             table.append({**head, "op": f"{q.kind}_f32", "src": src,
                           "dst": place(t.name, 4 * n * k)})
-        else:
-            a4t4 = q.kind == "q4_1"
-            c = (compact_layer(q, (imp or {}).get(t.param)) if a4t4
-                 else compact_embedding(q, (cov or {}).get(LM_HEAD)))
-            src = {"codes": wr.add(pack_nibbles(c["codes"])),
-                   "params": wr.add(c["params"].astype(np.uint8) if a4t4
-                                    else pack_nibbles(c["params"])),
-                   "col": wr.add(c["col"]), "a_levels": wr.add(c["A"])}
-            extra = {"params": "a4t4" if a4t4 else "a4"}
-            if a4t4:
-                src["t_levels"] = wr.add(c["T"])
-                extra["n_t"] = int(c["T"].size)
-            else:
-                src["code_levels"] = wr.add(c["L"])
-            sname = scales[t.param]
-            table.append({**head, "op": "q4c_i8", **extra, "src": src,
-                          "dst": place(t.name, n * k), "dst_scale": place(sname, 4 * n)})
-            bar("compress", i + 1, len(mats))
+            continue
+        if q.kind == "q4_1":  # the GGUF's values exactly
+            entry = {**head, "op": "q4_1_i8",
+                     "src": {"codes": wr.add(pack_nibbles(q.codes), "codes")}}
+            for f, v in (("d", q.d), ("m", q.m)):
+                lo, hi = f16_planes(v)
+                entry["src"].update({f: wr.add(lo, f), f + "_hi": wr.add(hi, f + "_hi")})
+            keep = "zero"  # the graph zeroes these inputs: the int8 scale ignores their rows
+        else:  # the embedding: input Gather and LM head
+            c = compact_embedding(q, (cov or {}).get(LM_HEAD), coarse_from=COARSE_FROM)
+            entry = {**head, "op": "q4c_i8", "params": "a4",
+                     "src": {"codes": wr.add(pack_nibbles(c["codes"]), "emb_codes"),
+                             "params": wr.add(pack_nibbles(c["params"]), "params"),
+                             "col": wr.add(c["col"]), "a_levels": wr.add(c["A"]),
+                             "code_levels": wr.add(c["L"])}}
+            if c["coarse_from"] < n:
+                entry["coarse_from"] = int(c["coarse_from"])
+                entry["src"]["coarse_levels"] = wr.add(c["C"])
+            keep = "keep"  # the input Gather reads every row
+        entry.update(dst=place(t.name, n * k), dst_scale=place(by_role["scale", t.param], 4 * n))
+        fr = (feats or {}).get(t.param) or []
+        if fr:
+            entry.update(float_rows=[int(f) for f in fr], float_rows_int8=keep,
+                         dst_float=place(by_role["float_rows", t.param], 4 * len(fr) * n))
+        table.append(entry)
+        bar("compress", i + 1, len(mats))
     dst += (-dst) % ALIGN_DST
-    return wr.bytes(), {"tensors": table, "expanded_bytes": dst}, layout
+    form = wr.bytes()
+    return form, {"tensors": [wr.resolve(e) for e in table], "expanded_bytes": dst}, layout
 
 
 def dtype_bytes(dtype: int) -> int:

@@ -43,7 +43,7 @@ class ExtTensor:
     name: str
     dtype: int          # onnx TensorProto type
     shape: tuple
-    role: str           # "matrix" | "scale" | "copy"
+    role: str           # "matrix" | "scale" | "float_rows" | "copy"
     param: str | None = None
     values: np.ndarray | None = None
 

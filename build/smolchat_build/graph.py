@@ -12,13 +12,16 @@ CPU operators (the WASM backend is the CPU execution provider compiled to WebAss
 * linear layers: fp32 MatMul (preset exact) or, for compact, per-token symmetric int8
   activations (uint8, zero point 128) x int8 weights per output column in
   MatMulIntegerToFloat, then the per-token scale (8 small nodes quantize an activation once
-  for all the matrices that read it: q/k/v, gate/up);
+  for all the matrices that read it: q/k/v, gate/up); each matrix's few highest-energy input
+  features skip the quantization and are multiplied in float32 (`linear`);
 * SiLU: QuickGelu with alpha 1 (x * sigmoid(x), the fusion ORT's 'extended' level makes);
 * ONE embedding table, stored [hidden, vocab], for the input Gather (axis=1) and the LM head;
 * `last_position` Slice before the LM head: logits [1, 1, vocab];
 * one initializer per distinct constant value (`_G.const`).
 
-About 1,300 top-level nodes for 30 layers (the Optimum export rewritten to int8 had ~6,300):
+About 2,500 top-level nodes for 30 layers (1,300 before the float features; the Optimum
+export rewritten to int8 had ~6,300; the float features' ~1,200 small nodes left a decode
+step's time unchanged in ORT Web, 42.4 against 41-43 ms):
 measured on this machine with native ORT, 1 thread, a decode step went from 74 ms to 15 ms
 and the session opens in 0.4-1.5 s instead of 6.5 s; the int8 arithmetic is unchanged. In
 ORT Web (Node, 1 thread) a 256-token prefill takes 1.2 s (3.4 s with GroupQueryAttention
@@ -87,12 +90,13 @@ class _G:
         return self._consts[key]
 
 
-def runtime_graph(model, tensors: dict, preset: str, lm_float: list | None = None,
+def runtime_graph(model, tensors: dict, preset: str, float_feats: dict | None = None,
                   ) -> tuple[onnx.ModelProto, list]:
     """-> (graph with external initializers not yet placed, [ExtTensor]) for the HF Llama
     `model` (fp32 reference: norm weights and inv_freq come from it) and its QTensors.
-    lm_float (compact): hidden features the LM head takes in float32 instead of through the
-    per-token int8 quantization of its input (see the end of the graph)."""
+    float_feats (compact): QTensor param -> the input features its matrix takes in float32
+    instead of through the per-token int8 quantization (`linear`); the embedding's key is
+    the LM head's."""
     cfg = model.config
     check_config(cfg)
     L, H = cfg.num_hidden_layers, cfg.hidden_size
@@ -107,13 +111,18 @@ def runtime_graph(model, tensors: dict, preset: str, lm_float: list | None = Non
     compact = preset == "compact"
 
     def weight(param: str, base: str):
+        """-> (weight, scale, float rows, float features, K) initializer names / values."""
         n, k = tensors[param].shape
         if compact:
             ext.append(ExtTensor(base, TensorProto.INT8, (k, n), "matrix", param))
             ext.append(ExtTensor(base + "_s", TensorProto.FLOAT, (n,), "scale", param))
-            return base, base + "_s"
+            feats = list((float_feats or {}).get(param) or [])
+            if feats:
+                ext.append(ExtTensor(base + "_f", TensorProto.FLOAT, (len(feats), n),
+                                     "float_rows", param))
+            return base, base + "_s", base + "_f" if feats else None, feats, k
         ext.append(ExtTensor(base, TensorProto.FLOAT, (k, n), "matrix", param))
-        return base, None
+        return base, None, None, [], k
 
     def norm_weight(param: str, base: str) -> str:
         a = sd[param].float().numpy().astype(np.float32)
@@ -129,24 +138,44 @@ def runtime_graph(model, tensors: dict, preset: str, lm_float: list | None = Non
         c_zp = g.const("a_zp", np.array(128, np.uint8))
     quant_cache: dict = {}
 
-    def quant(x: str):
-        """x [1, s, K] float -> (uint8 codes, zero point 128; scale [1, s, 1]):
-        scale = max|x| / 127 per token; codes = round(x / scale) + 128."""
-        if x not in quant_cache:
+    def quant(x: str, feats: list, k: int):
+        """x [1, s, K] float -> (uint8 codes, zero point 128; scale [1, s, 1]; the float
+        features [1, s, F] or None): the features in `feats` are zeroed first (they go in
+        float32, see `linear`), then scale = max|x| / 127 per token, codes = round(x / scale)
+        + 128. Cached: q/k/v and gate/up read one quantized input."""
+        key = (x, tuple(feats))
+        if key not in quant_cache:
+            xf = None
+            if feats:
+                idx = g.const(f"k_ff{len(quant_cache)}", np.array(feats, np.int64))
+                xf = g.op("Gather", [x, idx], axis=2)                       # [1, s, F]
+                # keep [K]: 1, 0 at the features; constant, folded when the session opens
+                keep = g.op("ScatterElements", [
+                    g.op("Expand", [c_one, g.const(f"k_dim{k}", np.array([k], np.int64))]),
+                    idx, g.const(f"a_zeros{len(feats)}", np.zeros(len(feats), np.float32))],
+                    axis=0)
+                x = g.op("Mul", [x, keep])
             am = g.op("ReduceMax", [g.op("Abs", [x]), c_last], keepdims=1)
             sc = g.op("Div", [g.op("Max", [am, c_tiny]), c_127])
             r = g.op("Round", [g.op("Div", [x, sc])])
             q = g.op("Cast", [g.op("Add", [r, c_128])], to=TensorProto.UINT8)
-            quant_cache[x] = (q, sc)
-        return quant_cache[x]
+            quant_cache[key] = (q, sc, xf)
+        return quant_cache[key]
 
     def linear(x: str, w: tuple, out: str | None = None) -> str:
-        wn, ws = w
+        """x @ W. compact: MatMulIntegerToFloat on the int8 input, times the token scale,
+        plus x[..., F] @ W_f [F, N] (float32 rows, zero in the int8 table) for the float
+        features F: a few features carry ~100-1000x the median energy and would leave the
+        others a few int8 levels (LLM.int8()'s decomposition)."""
+        wn, ws, wf, feats, k = w
+        outs = [out] if out else None
         if not compact:
-            return g.op("MatMul", [x, wn], outputs=[out] if out else None)
-        q, sc = quant(x)
+            return g.op("MatMul", [x, wn], outputs=outs)
+        q, sc, xf = quant(x, feats, k)
         y = g.op("MatMulIntegerToFloat", [q, wn, c_one, ws, c_zp], domain=MS)
-        return g.op("Mul", [y, sc], outputs=[out] if out else None)
+        if xf is None:
+            return g.op("Mul", [y, sc], outputs=outs)
+        return g.op("Add", [g.op("Mul", [y, sc]), g.op("MatMul", [xf, wf])], outputs=outs)
 
     # sequence lengths for GQA (from the mask: one unpadded row)
     seqlens = g.op("Cast", [g.op("Sub", [
@@ -253,23 +282,7 @@ def runtime_graph(model, tensors: dict, preset: str, lm_float: list | None = Non
                           g.const("k_last_end", np.array([2 ** 62], np.int64)),
                           g.const("k_last_axes", np.array([1], np.int64))])
     g.nodes[-1].name = LAST_POSITION_NODE
-    if compact and lm_float:
-        # The LM head's input has a few hidden features with ~1000x the median energy; in
-        # the per-token int8 quantization they would set the scale and leave the others a
-        # few levels (measured: ~1.5% of perplexity). They are zeroed before quantization and
-        # added back in float32: x[..., F] @ (float emb[F, :] * emb_s), a [F, vocab] constant
-        # that ORT folds when the session opens (LLM.int8()'s decomposition).
-        feats = np.array(sorted(lm_float), np.int64)
-        keep = np.ones(H, np.float32)
-        keep[feats] = 0
-        c_feats = g.const("k_lm_float", feats)
-        y = linear(g.op("Mul", [last, g.const("a_lm_keep", keep)]), emb)
-        w_f = g.op("Mul", [g.op("Cast", [g.op("Gather", [emb[0], c_feats], axis=0)],
-                                to=TensorProto.FLOAT), emb[1]])                # [F, V]
-        x_f = g.op("Gather", [last, c_feats], axis=2)                          # [1, s, F]
-        g.op("Add", [y, g.op("MatMul", [x_f, w_f])], outputs=["logits"])
-    else:
-        linear(last, emb, out="logits")
+    linear(last, emb, out="logits")
 
     f32, i64 = TensorProto.FLOAT, TensorProto.INT64
     inputs = [helper.make_tensor_value_info("input_ids", i64, [1, "sequence_length"]),

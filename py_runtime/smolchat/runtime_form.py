@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -87,37 +88,69 @@ def _nibbles(buf: np.ndarray, off: int, count: int) -> np.ndarray:
     return out[:count]
 
 
+def _f16_planes(buf: np.ndarray, lo_off: int, hi_off: int, count: int) -> np.ndarray:
+    """count float16 values stored as two byte planes: low bytes at lo_off, high at hi_off."""
+    lo = buf[lo_off:lo_off + count].astype(np.uint16)
+    hi = buf[hi_off:hi_off + count].astype(np.uint16)
+    return (lo | (hi << 8)).view(np.float16).astype(np.float64)
+
+
+def _write_int8(t: dict, val: np.ndarray, out: np.ndarray, r0: int, r1: int) -> None:
+    """Rows r0:r1 of the values [N, K] (float64) -> int8 [K, N] at dst, per column float32
+    scale s = fround(max_k |value| / 127) (1 if 0) at dst_scale; with `float_rows` (input
+    features k), also float32 [F, N] = fround(value[:, k]) at dst_float, and when
+    float_rows_int8 == "zero" those rows of the int8 table are 0 and outside the max."""
+    n, k = t["n"], t["k"]
+    fr = t.get("float_rows")
+    if fr:
+        fl = out[t["dst_float"]:t["dst_float"] + 4 * len(fr) * n].view(np.float32)
+        fl.reshape(len(fr), n)[:, r0:r1] = val[:, fr].astype(np.float32).T
+        if t["float_rows_int8"] == "zero":
+            val = val.copy()
+            val[:, fr] = 0.0
+    dst = out[t["dst"]:t["dst"] + n * k].view(np.int8).reshape(k, n)
+    scale = out[t["dst_scale"]:t["dst_scale"] + 4 * n].view(np.float32)
+    sc = (np.abs(val).max(axis=1) / 127.0).astype(np.float32)
+    sc[sc == 0] = 1.0
+    q = np.floor(val / sc.astype(np.float64)[:, None] + 0.5)
+    dst[:, r0:r1] = np.clip(q, -127, 127).astype(np.int8).T
+    scale[r0:r1] = sc
+
+
 def _q4c_i8(t: dict, w: np.ndarray, out: np.ndarray, rows: int = 4096) -> None:
+    """value = col[n] * A[a] * L[code] (float64; rows >= coarse_from: coarse levels)."""
     n, k, qk = t["n"], t["k"], t["block"]
     s = t["src"]
     nb = k // qk
     col = _f16(w, s["col"], n)
     a_lv = _f32(w, s["a_levels"], 16)
-    levels = _f32(w, s["code_levels"], 16) if "code_levels" in s else None
-    t_lv = None if levels is not None else _f32(w, s["t_levels"], t["n_t"])
-    dst = out[t["dst"]:t["dst"] + n * k].view(np.int8).reshape(k, n)
-    scale = out[t["dst_scale"]:t["dst_scale"] + 4 * n].view(np.float32)
+    levels = _f32(w, s["code_levels"], 16)
+    coarse_from = t.get("coarse_from", n)
+    coarse = _f32(w, s["coarse_levels"], 8) if coarse_from < n else levels
     for r0 in range(0, n, rows):  # row chunks bound the float64 temporaries
         r1 = min(n, r0 + rows)
-        codes = _nibbles(w, s["codes"] + r0 * k // 2, (r1 - r0) * k)
-        codes = codes.reshape(r1 - r0, nb, qk)
-        if t["params"] == "a4t4":
-            p = w[s["params"] + r0 * nb:s["params"] + r1 * nb].reshape(r1 - r0, nb)
-            ai, ti = p >> 4, p & 15
-        else:  # "a4": scale index only, t_levels has one entry
-            ai = _nibbles(w, s["params"], n * nb)[r0 * nb:r1 * nb].reshape(r1 - r0, nb)
-            ti = np.zeros_like(ai)
+        codes = _nibbles(w, s["codes"] + r0 * k // 2, (r1 - r0) * k).reshape(r1 - r0, nb, qk)
+        ai = _nibbles(w, s["params"], n * nb)[r0 * nb:r1 * nb].reshape(r1 - r0, nb)
         d = col[r0:r1, None] * a_lv[ai]                     # float64, exact
-        if levels is not None:  # code_levels: value = d * L[code]
-            val = d[..., None] * levels[codes]              # one rounding
-        else:
-            val = d[..., None] * (codes.astype(np.float64) + t_lv[ti][..., None])
-        amax = np.abs(val).reshape(r1 - r0, k).max(axis=1)
-        sc = (amax / 127.0).astype(np.float32)
-        sc[sc == 0] = 1.0
-        q = np.floor(val.reshape(r1 - r0, k) / sc.astype(np.float64)[:, None] + 0.5)
-        dst[:, r0:r1] = np.clip(q, -127, 127).astype(np.int8).T
-        scale[r0:r1] = sc
+        lv = np.where((np.arange(r0, r1) >= coarse_from)[:, None, None],
+                      coarse[np.minimum(codes, 7)], levels[codes])
+        val = d[..., None] * lv                             # one rounding
+        _write_int8(t, val.reshape(r1 - r0, k), out, r0, r1)
+
+
+def _q4_1_i8(t: dict, w: np.ndarray, out: np.ndarray, rows: int = 4096) -> None:
+    """value = fround(d * code + m) (the Q4_1 value as float32, as the reference has it)."""
+    n, k, qk = t["n"], t["k"], t["block"]
+    s = t["src"]
+    nb = k // qk
+    d = _f16_planes(w, s["d"], s["d_hi"], n * nb).reshape(n, nb, 1)
+    m = _f16_planes(w, s["m"], s["m_hi"], n * nb).reshape(n, nb, 1)
+    for r0 in range(0, n, rows):
+        r1 = min(n, r0 + rows)
+        codes = _nibbles(w, s["codes"] + r0 * k // 2, (r1 - r0) * k)
+        codes = codes.reshape(r1 - r0, nb, qk).astype(np.float64)
+        val = (d[r0:r1] * codes + m[r0:r1]).astype(np.float32).astype(np.float64)
+        _write_int8(t, val.reshape(r1 - r0, k), out, r0, r1)
 
 
 def _q4_1_f32(t: dict, w: np.ndarray, out: np.ndarray) -> None:
@@ -143,11 +176,31 @@ def _copy(t: dict, w: np.ndarray, out: np.ndarray) -> None:
     out[t["dst"]:t["dst"] + t["bytes"]] = w[t["src"]:t["src"] + t["bytes"]]
 
 
-OPS = {"q4c_i8": _q4c_i8, "q4_1_f32": _q4_1_f32, "q8_0_f32": _q8_0_f32, "copy": _copy}
+OPS = {"q4c_i8": _q4c_i8, "q4_1_i8": _q4_1_i8, "q4_1_f32": _q4_1_f32, "q8_0_f32": _q8_0_f32, "copy": _copy}
+
+
+def download_form(runtime: dict, file_bytes: bytes) -> np.ndarray:
+    """weights.bin as stored -> the download form the ops read (uint8): inflated when
+    runtime["weights_encoding"] is "zlib" (one RFC 1950 stream of the whole form)."""
+    enc = runtime.get("weights_encoding", "raw")
+    if enc == "raw":
+        return np.frombuffer(file_bytes, np.uint8)
+    if enc != "zlib":
+        raise BundleCorrupt(f"unknown weights_encoding {enc!r}: this runtime is older than "
+                            f"the bundle; update SmolChat")
+    try:
+        raw = zlib.decompress(file_bytes)
+    except zlib.error as e:
+        raise BundleCorrupt(f"weights.bin does not inflate ({e}): rebuild the bundle") from None
+    if len(raw) != runtime["weights_raw_bytes"]:
+        raise BundleCorrupt(f"weights.bin inflates to {len(raw)} bytes, the manifest says "
+                            f"{runtime['weights_raw_bytes']}: rebuild the bundle")
+    return np.frombuffer(raw, np.uint8)
 
 
 def expand(runtime: dict, weights: np.ndarray) -> np.ndarray:
-    """manifest["runtime"] + weights.bin bytes (uint8) -> model.data bytes (uint8)."""
+    """manifest["runtime"] + the download form (uint8, see download_form) -> model.data
+    bytes (uint8)."""
     out = np.zeros(runtime["expanded_bytes"], np.uint8)
     for t in runtime["tensors"]:
         op = OPS.get(t["op"])
@@ -163,7 +216,7 @@ def expand_runtime_data(bundle_dir, manifest: dict, check: bool = True) -> np.nd
     path = Path(bundle_dir) / rt["weights_file"]
     if not path.is_file():
         raise BundleMissing(f"{path} is missing: rebuild the bundle", path=str(path))
-    weights = np.fromfile(path, np.uint8)
+    weights = download_form(rt, path.read_bytes())
     data = expand(rt, weights)
     if check and hashlib.sha256(data).hexdigest() != rt["expanded_sha256"]:
         raise BundleCorrupt(f"expanded {rt['external_data']} of {bundle_dir} has the wrong "

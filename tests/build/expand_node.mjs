@@ -1,5 +1,6 @@
 // Node helper for tests/build: expand a bundle's weights.bin with web/src/runtime_form.js and
 // print one JSON line:
+//   form_bytes               the download form (downloadForm: weights.bin inflated)
 //   sha256, bytes, ms        expandRuntimeData (the whole model.data at once)
 //   source_sha256            runtimeDataSource read one tensor region at a time, as ORT does
 //   odd_reads_equal          reads across tensor borders, padding and partial tensors equal the
@@ -11,17 +12,17 @@ import { readFileSync } from "node:fs";
 import { createHash } from "node:crypto";
 
 const [dir, moduleUrl, ortUrl] = process.argv.slice(2);
-const { expandRuntimeData, runtimeDataSource, regionsOf } = await import(moduleUrl);
+const { downloadForm, expandRuntimeData, runtimeDataSource, regionsOf } = await import(moduleUrl);
 const manifest = JSON.parse(readFileSync(`${dir}/manifest.json`, "utf8"));
-const weights = new Uint8Array(readFileSync(`${dir}/${manifest.runtime.weights_file}`));
+const weights = await downloadForm(manifest, new Uint8Array(readFileSync(`${dir}/${manifest.runtime.weights_file}`)));
 const sha = (bytes) => createHash("sha256").update(bytes).digest("hex");
 
 const t0 = performance.now();
 const data = expandRuntimeData(manifest, weights);
 const ms = Math.round(performance.now() - t0);
-const result = { sha256: sha(data), bytes: data.length, ms };
+const result = { form_bytes: weights.length, sha256: sha(data), bytes: data.length, ms };
 
-// Every tensor's regions (q4c_i8: int8 then scales), read in reverse so kept scales are used.
+// Every tensor's regions (int8, scales, float rows), read in reverse so kept parts are used.
 const regions = manifest.runtime.tensors.flatMap((t) => regionsOf(t).map((r) => [r.start, r.bytes]));
 const source = runtimeDataSource(manifest, weights);
 const assembled = new Uint8Array(source.byteLength);

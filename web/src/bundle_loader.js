@@ -57,7 +57,10 @@ async function readAll(response, expected, onBytes) {
   return length === buffer.length ? buffer : buffer.slice(0, length);
 }
 
-// -> {manifest, texts: {name: string}, graph: Uint8Array, weights: Uint8Array}
+// -> {manifest, texts: {name: string}, graph: Uint8Array, form: Promise<Uint8Array>}. `form` is
+// the download form (weights.bin inflated, runtime_form.js downloadForm), started here so that
+// inflating overlaps what the caller does next (Python's boot); weights.bin's own bytes are
+// dropped once inflated. A failed inflate rejects `form` (createSession reports it).
 export async function downloadBundle(bundleUrl, onProgress, { cache = true } = {}) {
   const base = bundleUrl.endsWith('/') ? bundleUrl : bundleUrl + '/';
   const manifestText = await (await fetchOrMissing(base + 'manifest.json', { cache: 'no-store' })).text();
@@ -92,7 +95,10 @@ export async function downloadBundle(bundleUrl, onProgress, { cache = true } = {
   const decoder = new TextDecoder();
   const texts = { manifest: manifestText };
   for (const n of TEXT_FILES) texts[n] = decoder.decode(byName[n]);
-  return { manifest, texts, graph: byName[graphName], weights: byName[weightsName], total, cache: await files.report() };
+  const { downloadForm } = await import('./runtime_form.js');
+  const form = downloadForm(manifest, byName[weightsName]);
+  form.catch(() => {}); // observed by createSession
+  return { manifest, texts, graph: byName[graphName], form, total, cache: await files.report() };
 }
 
 // The external data file name the graph refers to (manifest.runtime names it).
@@ -109,11 +115,16 @@ export async function createSession(ort, bundle) {
   const { runtimeDataSource } = await import('./runtime_form.js');
   let data;
   try {
-    // model.data is expanded tensor by tensor as ORT copies it into the wasm heap: the whole
-    // 135 MB file never exists in JS (runtime_form.js, runtimeDataSource)
-    data = runtimeDataSource(bundle.manifest, bundle.weights);
+    // the download form (weights.bin inflated since downloadBundle). model.data is expanded
+    // from it tensor by tensor as ORT copies it into the wasm heap: the whole 142 MB file
+    // never exists in JS (runtime_form.js, runtimeDataSource)
+    data = runtimeDataSource(bundle.manifest, await bundle.form);
   } catch (e) {
-    throw toSmolChatError(e);
+    const err = toSmolChatError(e);
+    if (err.kind === 'internal' && /^bundle_corrupt: /.test(err.message)) {
+      throw makeError('bundle_corrupt', err.message.slice('bundle_corrupt: '.length));
+    }
+    throw err;
   }
   try {
     // (an error of the expansion inside ORT's read surfaces as ORT's "failed to load external
@@ -133,7 +144,7 @@ export async function createSession(ort, bundle) {
     }
     throw err;
   } finally {
-    bundle.weights = null; // the download form is in the wasm heap now, expanded
+    bundle.form = null; // the download form is in the wasm heap now, expanded
     bundle.graph = null;
   }
 }

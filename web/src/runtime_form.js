@@ -6,7 +6,8 @@
 // every float operation is an IEEE float64 operation in the same order, float32 results go
 // through Math.fround / Float32Array, and rounding is Math.floor(x + 0.5).
 //
-// Two ways to get model.data:
+// weights.bin is stored zlib-compressed: downloadForm(manifest, fileBytes) inflates it (async)
+// into the download form that the ops below read. Two ways to get model.data from that:
 // * expandRuntimeData(manifest, weights): the whole file in one Uint8Array (tests, Node tools);
 // * runtimeDataSource(manifest, weights): what the browser hands ORT Web as external data. It
 //   never holds model.data whole: ORT asks for one initializer's bytes at a time and copies
@@ -50,25 +51,46 @@ function nibble(w, off, idx) {
   return idx & 1 ? b >> 4 : b & 15;
 }
 
-// q4c_i8: value = col[n] * A[a] * (code + T[t]), or col[n] * A[a] * L[code] when the entry has
-// src.code_levels (float64) -> int8 [K, N] with per-column
-// float32 scale s[n] = fround(max_k |value| / 127) (1 if 0), int8 = clamp(floor(v/s + 0.5)).
+// Every float16 bit pattern's value (512 KB, made at the first use): q4_1_i8 reads two per block.
+let HALF = null;
+function halfTable() {
+  if (!HALF) {
+    HALF = new Float64Array(65536);
+    for (let h = 0; h < 65536; h++) HALF[h] = halfToNumber(h);
+  }
+  return HALF;
+}
+
+// float16 values stored as two byte planes (low bytes at lo, high bytes at hi) -> Float64Array.
+function f16Planes(w, lo, hi, count) {
+  const half = halfTable();
+  const out = new Float64Array(count);
+  for (let i = 0; i < count; i++) out[i] = half[w[lo + i] | (w[hi + i] << 8)];
+  return out;
+}
+
+// Shared by q4c_i8 and q4_1_i8: 4-bit codes (nibbles, row n = output feature, in k order) whose
+// value in block j of row n is table[j * 16 + code]; blockValues(n, table) fills the row's
+// table (float64). -> int8 [K, N] at dst with per-column float32 scale
+// s[n] = fround(max |value| / 127) (1 if 0) at dst_scale, int8 = clamp(floor(v / s + 0.5));
+// with float_rows (input features k): float32 [F, N] = fround(value[n, k]) at dst_float, and
+// when float_rows_int8 is "zero" those rows of the int8 table are 0 and outside the max.
 // A block has 16 possible values, so each is computed once per block (the same float64
 // operations as per element, so the same bits): value table -> the column's max over the codes
 // that occur -> s -> int8 table. Columns go in batches of Q4C_BATCH so the [K, N] writes fill
 // contiguous runs of a row instead of striding N bytes per element.
 const Q4C_BATCH = 64;
 
-function q4cI8(t, w, dv, out, outDv) {
+function nibblesToI8(t, w, out, outDv, blockValues) {
   const { n: N, k: K, block: QK, src } = t;
   const nb = K / QK;
-  const col = f16Array(dv, src.col, N);
-  const A = f32Array(dv, src.a_levels, 16);
-  const L = src.code_levels !== undefined ? f32Array(dv, src.code_levels, 16) : null;
-  const T = L ? null : f32Array(dv, src.t_levels, t.n_t);
-  const a4t4 = t.params === "a4t4";
   const dst = new Int8Array(out.buffer, out.byteOffset + t.dst, N * K);
   const codes = src.codes;
+  const fr = t.float_rows || [];
+  const zero = t.float_rows_int8 === "zero";
+  const isFloat = new Uint8Array(K);
+  const blockFloat = new Uint8Array(nb);
+  if (zero) for (const f of fr) { isFloat[f] = 1; blockFloat[(f / QK) | 0] = 1; }
   const per = nb * 16; // table entries per column
   const value = new Float64Array(per);
   const qtab = new Int8Array(Q4C_BATCH * per);
@@ -76,28 +98,24 @@ function q4cI8(t, w, dv, out, outDv) {
     const nn = Math.min(Q4C_BATCH, N - n0);
     for (let b = 0; b < nn; b++) {
       const n = n0 + b;
+      blockValues(n, value);
       let amax = 0;
       for (let j = 0; j < nb; j++) {
-        const bi = n * nb + j;
-        let a, ti;
-        if (a4t4) {
-          const p = w[src.params + bi];
-          a = p >> 4;
-          ti = p & 15;
-        } else {
-          a = nibble(w, src.params, bi);
-          ti = 0;
-        }
-        const d = col[n] * A[a];
-        const tv = L ? 0 : T[ti];
         // which of the 16 codes occur in this block (QK even, block starts on a byte)
-        const first = codes + ((n * K + j * QK) >> 1);
         let seen = 0;
-        for (let i = 0; i < QK >> 1; i++) { const by = w[first + i]; seen |= (1 << (by & 15)) | (1 << (by >> 4)); }
+        const first = codes + ((n * K + j * QK) >> 1);
+        if (blockFloat[j]) { // leave the float rows' codes out
+          const k0 = j * QK;
+          for (let i = 0; i < QK >> 1; i++) {
+            const by = w[first + i];
+            if (!isFloat[k0 + 2 * i]) seen |= 1 << (by & 15);
+            if (!isFloat[k0 + 2 * i + 1]) seen |= 1 << (by >> 4);
+          }
+        } else {
+          for (let i = 0; i < QK >> 1; i++) { const by = w[first + i]; seen |= (1 << (by & 15)) | (1 << (by >> 4)); }
+        }
         for (let c = 0; c < 16; c++) {
-          const v = L ? d * L[c] : d * (c + tv);
-          value[j * 16 + c] = v;
-          if (seen & (1 << c)) { const av = Math.abs(v); if (av > amax) amax = av; }
+          if (seen & (1 << c)) { const av = Math.abs(value[j * 16 + c]); if (av > amax) amax = av; }
         }
       }
       let s = Math.fround(amax / 127);
@@ -109,10 +127,14 @@ function q4cI8(t, w, dv, out, outDv) {
         qtab[b * per + e] = q;
       }
       outDv.setFloat32(t.dst_scale + 4 * n, s, true);
+      fr.forEach((f, i) => {
+        outDv.setFloat32(t.dst_float + 4 * (i * N + n), value[((f / QK) | 0) * 16 + nibble(w, codes, n * K + f)], true);
+      });
     }
     for (let k = 0; k < K; k++) {
       const j16 = ((k / QK) | 0) * 16;
       const row = k * N + n0;
+      if (isFloat[k]) { dst.fill(0, row, row + nn); continue; }
       for (let b = 0; b < nn; b++) {
         const idx = (n0 + b) * K + k;
         const by = w[codes + (idx >> 1)];
@@ -120,6 +142,40 @@ function q4cI8(t, w, dv, out, outDv) {
       }
     }
   }
+}
+
+// q4c_i8: value = col[n] * A[a] * L[code] (float64), a = the block's 4-bit scale index; rows
+// n >= coarse_from use the 8 coarse_levels instead of the 16 code_levels.
+function q4cI8(t, w, dv, out, outDv) {
+  const { n: N, k: K, block: QK, src } = t;
+  const nb = K / QK;
+  const col = f16Array(dv, src.col, N);
+  const A = f32Array(dv, src.a_levels, 16);
+  const L = f32Array(dv, src.code_levels, 16);
+  const coarseFrom = t.coarse_from ?? N;
+  const C = coarseFrom < N ? f32Array(dv, src.coarse_levels, 8) : null;
+  nibblesToI8(t, w, out, outDv, (n, value) => {
+    const lv = n >= coarseFrom ? C : L;
+    for (let j = 0; j < nb; j++) {
+      const d = col[n] * A[nibble(w, src.params, n * nb + j)];
+      for (let c = 0; c < 16; c++) value[j * 16 + c] = c < lv.length ? d * lv[c] : 0;
+    }
+  });
+}
+
+// q4_1_i8: value = fround(d * code + m) (the Q4_1 value as float32), d/m float16 per block as
+// byte planes.
+function q41I8(t, w, dv, out, outDv) {
+  const { n: N, k: K, block: QK, src } = t;
+  const nb = K / QK;
+  const d = f16Planes(w, src.d, src.d_hi, N * nb);
+  const m = f16Planes(w, src.m, src.m_hi, N * nb);
+  nibblesToI8(t, w, out, outDv, (n, value) => {
+    for (let j = 0; j < nb; j++) {
+      const b = n * nb + j;
+      for (let c = 0; c < 16; c++) value[j * 16 + c] = Math.fround(d[b] * c + m[b]);
+    }
+  });
 }
 
 // q4_1_f32: value = fround(d * code + m), d/m float16 per block -> float32 [K, N].
@@ -153,12 +209,45 @@ function copy(t, w, dv, out) {
   out.set(w.subarray(t.src, t.src + t.bytes), t.dst);
 }
 
-const OPS = { q4c_i8: q4cI8, q4_1_f32: q41F32, q8_0_f32: q80F32, copy };
+const OPS = { q4c_i8: q4cI8, q4_1_i8: q41I8, q4_1_f32: q41F32, q8_0_f32: q80F32, copy };
 
 /**
- * Expand weights.bin into model.data (synchronous).
+ * The download form the ops read, from weights.bin as stored: inflated when
+ * manifest.runtime.weights_encoding is "zlib" (one RFC 1950 stream; DecompressionStream
+ * "deflate", native in browsers and Node >= 18), else the bytes themselves.
  * @param {object} manifest  the bundle's manifest.json (or its `runtime` section)
- * @param {Uint8Array} weightsBytes  the bytes of weights.bin
+ * @param {Uint8Array} fileBytes  weights.bin as downloaded
+ * @returns {Promise<Uint8Array>} manifest.runtime.weights_raw_bytes long
+ */
+export async function downloadForm(manifest, fileBytes) {
+  const rt = manifest.runtime ?? manifest;
+  const encoding = rt.weights_encoding ?? "raw";
+  if (encoding === "raw") return fileBytes;
+  if (encoding !== "zlib") throw new Error(`bundle_corrupt: unknown weights_encoding ${encoding}: update SmolChat`);
+  const out = new Uint8Array(rt.weights_raw_bytes);
+  let length = 0;
+  const reader = new Blob([fileBytes]).stream().pipeThrough(new DecompressionStream("deflate")).getReader();
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      if (length + value.length > out.length) throw new Error("more bytes than weights_raw_bytes");
+      out.set(value, length);
+      length += value.length;
+    }
+  } catch (e) {
+    throw new Error(`bundle_corrupt: weights.bin does not inflate (${e.message}): rebuild the bundle`);
+  }
+  if (length !== out.length) {
+    throw new Error(`bundle_corrupt: weights.bin inflates to ${length} bytes, the manifest says ${out.length}: rebuild the bundle`);
+  }
+  return out;
+}
+
+/**
+ * Expand the download form into model.data (synchronous).
+ * @param {object} manifest  the bundle's manifest.json (or its `runtime` section)
+ * @param {Uint8Array} weightsBytes  the download form (downloadForm: weights.bin inflated)
  * @param {{onProgress?: (done: number, total: number) => void}} [options]
  * @returns {Uint8Array} model.data, manifest.runtime.expanded_bytes long
  */
@@ -181,11 +270,15 @@ export function expandRuntimeData(manifest, weightsBytes, options = {}) {
 /**
  * The byte regions of model.data one runtime tensor (an entry of manifest.runtime.tensors)
  * writes: [{start, bytes}], one per initializer ORT reads, in the order the op produces them
- * (q4c_i8: int8 weights [K, N], then float32 scales [N]).
+ * (q4c_i8, q4_1_i8: int8 weights [K, N], float32 scales [N], float32 rows [F, N] if any).
  */
 export function regionsOf(t) {
   switch (t.op) {
-    case "q4c_i8": return [{ start: t.dst, bytes: t.n * t.k }, { start: t.dst_scale, bytes: 4 * t.n }];
+    case "q4c_i8": case "q4_1_i8": {
+      const parts = [{ start: t.dst, bytes: t.n * t.k }, { start: t.dst_scale, bytes: 4 * t.n }];
+      if (t.float_rows && t.float_rows.length) parts.push({ start: t.dst_float, bytes: 4 * t.float_rows.length * t.n });
+      return parts;
+    }
     case "q4_1_f32": case "q8_0_f32": return [{ start: t.dst, bytes: 4 * t.n * t.k }];
     case "copy": return [{ start: t.dst, bytes: t.bytes }];
     default: throw new Error(`bundle_corrupt: unknown runtime op ${t.op}: update SmolChat`);
@@ -200,7 +293,8 @@ function expandTensor(t, w, dv, scratch) {
   let size = 0;
   for (const r of parts) { offsets.push(size); size += r.bytes; }
   const local = { ...t, dst: 0 };
-  if (t.op === "q4c_i8") local.dst_scale = offsets[1];
+  if (parts.length > 1) local.dst_scale = offsets[1];
+  if (parts.length > 2) local.dst_float = offsets[2];
   OPS[t.op](local, w, dv, scratch, new DataView(scratch.buffer, 0, size));
   return parts.map((r, i) => scratch.subarray(offsets[i], offsets[i] + r.bytes));
 }
@@ -218,12 +312,15 @@ function expandTensor(t, w, dv, scratch) {
  * A read of exactly one tensor (what ORT does) returns a view into one scratch buffer that the
  * next read overwrites: ORT copies it at once (HEAPU8.set). Other reads get a fresh array.
  * Memory: the weights (download form) plus the scratch, the largest tensor's expansion (the
- * embedding, N*K int8 = 28 MB). A q4c_i8 tensor's scale part is computed with its int8 part
- * and kept (copied, 4*N bytes) until ORT asks for it; a repeated read is expanded again (ORT
- * reads a tensor twice when a constant it folds at session start uses it).
+ * embedding, N*K int8 = 28 MB). A q4c_i8 / q4_1_i8 tensor's parts (int8 table, scales, float
+ * rows) are computed together; the ones ORT has not asked for yet are kept until it does
+ * (ORT reads in hash order: the embedding's scales come first, its int8 table ~300 reads
+ * later, so the load holds a second 28 MB buffer meanwhile). So each tensor is expanded once;
+ * a repeated read is expanded again.
  * `stats` counts reads and expansions (tests, diagnostics).
  * @param {object} manifest  the bundle's manifest.json (or its `runtime` section)
- * @param {Uint8Array} weightsBytes  the bytes of weights.bin (kept until the session exists)
+ * @param {Uint8Array} weightsBytes  the download form (downloadForm: weights.bin inflated),
+ *   kept until the session exists
  * @returns {Uint8Array & {stats: {reads: number, partial: number, expansions: number, bytes: number}}}
  */
 export function runtimeDataSource(manifest, weightsBytes) {
@@ -250,8 +347,12 @@ export function runtimeDataSource(manifest, weightsBytes) {
     scratch = scratch ?? new Uint8Array(largest);
     const parts = expandTensor(region.tensor, weightsBytes, dv, scratch);
     regionsOf(region.tensor).forEach((r, i) => {
-      // the other parts of this tensor are kept only when small (scales), copied out of scratch
-      if (i !== region.part && r.bytes <= 1 << 20) pending.set(r.start, parts[i].slice());
+      if (i === region.part) return;
+      // ORT reads in its own order (the embedding's scales come long before its int8 table):
+      // the other parts are kept until asked for, small ones (scales, float rows) copied out
+      // of scratch, a big one by leaving it the scratch buffer (the next expansion makes a new)
+      if (r.bytes <= 1 << 22) pending.set(r.start, parts[i].slice());
+      else { pending.set(r.start, parts[i]); scratch = null; }
     });
     return parts[region.part];
   }
