@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
-from . import BuildError
+if not sys.stderr.isatty():
+    # a log (CI): no \r progress redraws from tqdm (transformers' GGUF loader uses it
+    # directly, past hf_logging.disable_progress_bar); tqdm reads this when it is imported
+    os.environ.setdefault("TQDM_DISABLE", "1")
+
+from . import BuildError  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -97,3 +97,6 @@ def test_js_expansion_bit_identical_on_real_bundle(bundle, node_expand_sha):
     # no constant folded at session start reads model.data (the float rows are tensors of
     # their own; before, the LM head's were gathered from the embedding: read twice)
     assert o["reads"] == o["regions"] and o["expansions"] == o["tensors"]
+    # at most the embedding's scales/float rows computed apart from its 28 MB table (ORT asks
+    # for them first), instead of holding the table twice
+    assert o["small_passes"] <= 1

@@ -131,7 +131,7 @@ function nibblesToI8(t, w, out, outDv, blockValues) {
         outDv.setFloat32(t.dst_float + 4 * (i * N + n), value[((f / QK) | 0) * 16 + nibble(w, codes, n * K + f)], true);
       });
     }
-    for (let k = 0; k < K; k++) {
+    for (let k = 0; k < K && !t.skip_int8; k++) {
       const j16 = ((k / QK) | 0) * 16;
       const row = k * N + n0;
       if (isFloat[k]) { dst.fill(0, row, row + nn); continue; }
@@ -226,7 +226,9 @@ export async function downloadForm(manifest, fileBytes) {
   if (encoding !== "zlib") throw new Error(`bundle_corrupt: unknown weights_encoding ${encoding}: update SmolChat`);
   const out = new Uint8Array(rt.weights_raw_bytes);
   let length = 0;
-  const reader = new Blob([fileBytes]).stream().pipeThrough(new DecompressionStream("deflate")).getReader();
+  // (a stream over the bytes themselves: a Blob would copy them first)
+  const input = new ReadableStream({ start(c) { c.enqueue(fileBytes); c.close(); } });
+  const reader = input.pipeThrough(new DecompressionStream("deflate")).getReader();
   try {
     for (;;) {
       const { done, value } = await reader.read();
@@ -285,14 +287,17 @@ export function regionsOf(t) {
   }
 }
 
+const KEEP_BYTES = 1 << 22; // parts up to this size are kept (copied) until ORT asks for them
+
 // Run one tensor's op into `scratch` (a Uint8Array at offset 0 of its buffer, big enough):
-// -> [Uint8Array view per region, in regionsOf order]. Every op writes all of its bytes.
-function expandTensor(t, w, dv, scratch) {
+// -> [Uint8Array view per region, in regionsOf order]. Every op writes all of its bytes, except
+// with `smallOnly` (q4c_i8, q4_1_i8): scales and float rows only, the int8 table left unwritten.
+function expandTensor(t, w, dv, scratch, smallOnly = false) {
   const parts = regionsOf(t);
   const offsets = [];
   let size = 0;
   for (const r of parts) { offsets.push(size); size += r.bytes; }
-  const local = { ...t, dst: 0 };
+  const local = { ...t, dst: 0, skip_int8: smallOnly };
   if (parts.length > 1) local.dst_scale = offsets[1];
   if (parts.length > 2) local.dst_float = offsets[2];
   OPS[t.op](local, w, dv, scratch, new DataView(scratch.buffer, 0, size));
@@ -313,10 +318,11 @@ function expandTensor(t, w, dv, scratch) {
  * next read overwrites: ORT copies it at once (HEAPU8.set). Other reads get a fresh array.
  * Memory: the weights (download form) plus the scratch, the largest tensor's expansion (the
  * embedding, N*K int8 = 28 MB). A q4c_i8 / q4_1_i8 tensor's parts (int8 table, scales, float
- * rows) are computed together; the ones ORT has not asked for yet are kept until it does
- * (ORT reads in hash order: the embedding's scales come first, its int8 table ~300 reads
- * later, so the load holds a second 28 MB buffer meanwhile). So each tensor is expanded once;
- * a repeated read is expanded again.
+ * rows) are computed together and the small ones ORT has not asked for yet are kept (copied)
+ * until it does. ORT reads in hash order: when it asks for a small part before a big (> 4 MB)
+ * int8 table, only the small parts are computed (`stats.small_passes`), and the table gets
+ * its full expansion when asked for. So each tensor is expanded once, and no 28 MB table is
+ * held beside the scratch; a repeated read is expanded again.
  * `stats` counts reads and expansions (tests, diagnostics).
  * @param {object} manifest  the bundle's manifest.json (or its `runtime` section)
  * @param {Uint8Array} weightsBytes  the download form (downloadForm: weights.bin inflated),
@@ -337,23 +343,31 @@ export function runtimeDataSource(manifest, weightsBytes) {
   regions.sort((a, b) => a.start - b.start);
   let scratch = null; // allocated at the first read, dropped with this object
   const pending = new Map(); // region start -> its bytes, expanded with another part of its tensor
-  const stats = { reads: 0, partial: 0, expansions: 0, bytes: 0 }; // partial: reads not one whole region
+  // partial: reads not one whole region; small_passes: scales/float rows computed without the int8 table
+  const stats = { reads: 0, partial: 0, expansions: 0, small_passes: 0, bytes: 0 };
   const total = rt.expanded_bytes;
+
+  const delivered = new Set(); // region starts already returned whole
 
   function bytesOf(region) {
     const kept = pending.get(region.start);
-    if (kept) { pending.delete(region.start); return kept; }
-    stats.expansions += 1;
+    if (kept) { pending.delete(region.start); delivered.add(region.start); return kept; }
+    const all = regionsOf(region.tensor);
+    // ORT reads in its own order: the embedding's scales and float rows come ~300 reads before
+    // its 28 MB int8 table. Asked for a small part while the big table is still to come, only
+    // the small parts are computed (no int8 writes); the table gets its own pass later, so it
+    // is never held twice.
+    const smallOnly = region.part !== 0 && all[0].bytes > KEEP_BYTES && !delivered.has(all[0].start);
+    if (smallOnly) stats.small_passes += 1;
+    else stats.expansions += 1;
     scratch = scratch ?? new Uint8Array(largest);
-    const parts = expandTensor(region.tensor, weightsBytes, dv, scratch);
-    regionsOf(region.tensor).forEach((r, i) => {
-      if (i === region.part) return;
-      // ORT reads in its own order (the embedding's scales come long before its int8 table):
-      // the other parts are kept until asked for, small ones (scales, float rows) copied out
-      // of scratch, a big one by leaving it the scratch buffer (the next expansion makes a new)
-      if (r.bytes <= 1 << 22) pending.set(r.start, parts[i].slice());
-      else { pending.set(r.start, parts[i]); scratch = null; }
+    const parts = expandTensor(region.tensor, weightsBytes, dv, scratch, smallOnly);
+    all.forEach((r, i) => {
+      // the other small parts (scales, float rows) not yet returned are kept until asked for,
+      // copied out of scratch (which the next tensor overwrites)
+      if (i !== region.part && r.bytes <= KEEP_BYTES && !delivered.has(r.start)) pending.set(r.start, parts[i].slice());
     });
+    delivered.add(region.start);
     return parts[region.part];
   }
 
