@@ -126,14 +126,16 @@ def _q4c_i8(t: dict, w: np.ndarray, out: np.ndarray, rows: int = 4096) -> None:
     a_lv = _f32(w, s["a_levels"], 16)
     levels = _f32(w, s["code_levels"], 16)
     coarse_from = t.get("coarse_from", n)
-    coarse = _f32(w, s["coarse_levels"], 8) if coarse_from < n else levels
+    coarse = _f32(w, s["coarse_levels"], 8) if coarse_from < n else None
+    params = _nibbles(w, s["params"], n * nb).reshape(n, nb)
     for r0 in range(0, n, rows):  # row chunks bound the float64 temporaries
         r1 = min(n, r0 + rows)
         codes = _nibbles(w, s["codes"] + r0 * k // 2, (r1 - r0) * k).reshape(r1 - r0, nb, qk)
-        ai = _nibbles(w, s["params"], n * nb)[r0 * nb:r1 * nb].reshape(r1 - r0, nb)
-        d = col[r0:r1, None] * a_lv[ai]                     # float64, exact
-        lv = np.where((np.arange(r0, r1) >= coarse_from)[:, None, None],
-                      coarse[np.minimum(codes, 7)], levels[codes])
+        d = col[r0:r1, None] * a_lv[params[r0:r1]]         # float64, exact
+        lv = levels[codes]
+        c0 = max(0, coarse_from - r0)                       # first coarse row of the chunk
+        if c0 < r1 - r0:
+            lv[c0:] = coarse[codes[c0:]]
         val = d[..., None] * lv                             # one rounding
         _write_int8(t, val.reshape(r1 - r0, k), out, r0, r1)
 

@@ -11,13 +11,13 @@
 // * expandRuntimeData(manifest, weights): the whole file in one Uint8Array (tests, Node tools);
 // * runtimeDataSource(manifest, weights): what the browser hands ORT Web as external data. It
 //   never holds model.data whole: ORT asks for one initializer's bytes at a time and copies
-//   them into the wasm heap, and this object expands just those bytes. The 135 MB JS copy of
-//   model.data that expandRuntimeData made is gone from the load's peak memory.
+//   them into the wasm heap, and this object expands just those bytes, so the JS copy of
+//   model.data (142 MB) that expandRuntimeData makes is not part of the load's peak memory.
 //
 // What it leaves to others: fetching/caching the files, verifying their sha256, creating the
 // ORT Web session: `ort.InferenceSession.create(modelBytes, {externalData: [{path:
 // manifest.runtime.external_data, data: runtimeDataSource(manifest, weightsBytes)}]})`.
-// Plain ES module, no dependencies. Both functions are synchronous.
+// Plain ES module, no dependencies. downloadForm is async; the other two are synchronous.
 
 export const EXTERNAL_DATA_NAME = "model.data";
 
@@ -327,7 +327,7 @@ function expandTensor(t, w, dv, scratch, smallOnly = false) {
  * @param {object} manifest  the bundle's manifest.json (or its `runtime` section)
  * @param {Uint8Array} weightsBytes  the download form (downloadForm: weights.bin inflated),
  *   kept until the session exists
- * @returns {Uint8Array & {stats: {reads: number, partial: number, expansions: number, bytes: number}}}
+ * @returns {Uint8Array & {stats: {reads: number, partial: number, expansions: number, small_passes: number, bytes: number}}}
  */
 export function runtimeDataSource(manifest, weightsBytes) {
   const rt = manifest.runtime ?? manifest;
