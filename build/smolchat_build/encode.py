@@ -12,7 +12,8 @@ byte planes, to ~9.5 bits.
            d * L[code]), rows from COARSE_FROM on (the rarer tokens: BPE ids follow merge
            order) to 3-bit codes into 8 levels; one 4-bit scale index per block of 32, codes
            and scales chosen GPTQ-style for the LM head's output error (its input covariance
-           from calibration, errors pushed onto the hidden features not yet rounded). Each
+           from calibration, errors pushed onto the hidden features not yet rounded); its
+           columns at the LM head's float features are int8 per column (`int8_cols`). Each
            matrix's FLOAT_FEATURES highest-energy input features (calibration) also get their
            weights as float32 rows (`float_rows`): the graph multiplies those features in
            float32 instead of through the per-token int8 activation quantization.
@@ -38,8 +39,14 @@ FLOAT_FEATURES = 8
 # Embedding rows from here on (token ids in BPE merge order: the rarer tokens) get 3-bit codes.
 # Measured (exact layers, float features, 2,048 scoring tokens): all rows 4-bit 1.0095 / top-1
 # 91.3%, 14.0 MB deflated; from 32768 on 3-bit 1.0096 / 91.0%, 13.0 MB; from 16384 on 1.030 /
-# 89.2%, 11.9 MB. 30720 fits the 70 MiB budget.
-COARSE_FROM = 30720
+# 89.2%, 11.9 MB. 29696 fits the 70 MiB budget with the int8 columns below and ~80 KB to
+# spare (30720: 11 KB; 28672: GPL-3 ratio 1.059 against 1.053).
+COARSE_FROM = 29696
+# The embedding's columns at the LM head's INT8_COLS highest-energy input features (its float
+# features) are int8 per column, not 4-bit. Measured (exact layers, float features, GPTQ;
+# pydoc 2,048 / GPL-3 4,096 tokens): 4-bit 1.009 / 90.6% and 1.051 / 84.5%; these 8 columns
+# int8 1.017 / 93.0% and 1.047 / 87.3%, +0.30 MB deflated; 16 or 32 columns: top-1 no higher.
+INT8_COLS = 8
 
 
 def _lloyd(x: np.ndarray, k: int = 16, iters: int = 12, w: np.ndarray | None = None):
@@ -88,7 +95,8 @@ COARSE_LEVELS = np.array([-1.0, -0.4786478, -0.2171512, 0.0, 0.1609372, 0.337929
 
 
 def compact_embedding(q, cov: np.ndarray | None = None, damp: float = 0.03,
-                      rows: int = 2048, coarse_from: int | None = None) -> dict:
+                      rows: int = 2048, coarse_from: int | None = None,
+                      int8_cols: list | tuple = ()) -> dict:
     """Q8_0 embedding [V, H] -> 4-bit codes into CODE_LEVELS: value = col[v] * A[a] * L[code].
 
     The table is also the LM head, so its codes minimise the LM head's output error
@@ -98,12 +106,14 @@ def compact_embedding(q, cov: np.ndarray | None = None, damp: float = 0.03,
     codes are rounded one feature at a time and each rounding error is pushed onto the
     features not yet rounded through U, the upper Cholesky factor of the damped inverse
     covariance. cov=None: identity (plain nearest-level rounding, no error feedback).
-    Rows from `coarse_from` on use COARSE_LEVELS (codes 0..7)."""
+    Rows from `coarse_from` on use COARSE_LEVELS (codes 0..7).
+    `int8_cols` (the LM head's highest-energy input features): those columns are int8 with a
+    float32 scale per column instead (value = xs[i] * xq[i, v]), rounded in their turn from the
+    errors pushed onto them, so they also soak up the other features' rounding at a fine step;
+    their codes are the zero level's and their error is left out of the block scale choice."""
     n, k = q.shape
     nb = k // QK
     coarse_from = n if coarse_from is None else coarse_from
-    if coarse_from % rows and coarse_from < n:
-        raise ValueError(f"coarse_from {coarse_from} is not a multiple of {rows}")
     w0 = q.dequant().astype(np.float64)
     am = np.abs(w0.reshape(n, nb, QK)).max(-1)
     col = am.max(axis=1).astype(np.float16)
@@ -112,12 +122,20 @@ def compact_embedding(q, cov: np.ndarray | None = None, damp: float = 0.03,
     A64 = A.astype(np.float64)
     u = _hinv_upper(np.eye(k) if cov is None else cov, damp)
     wk = 1.0 / np.diag(u) ** 2
+    xcol = {int(f): i for i, f in enumerate(sorted(int8_cols))}
+    wk_codes = wk.copy()                          # the block scale choice ignores int8 columns
+    wk_codes[list(xcol)] = 0
+    xs = (np.abs(w0[:, sorted(xcol)]).max(axis=0) / 127).astype(np.float32)
+    xs[xs == 0] = 1
+    xs64 = xs.astype(np.float64)
+    xq = np.zeros((len(xcol), n), np.int8)       # [C, V]: a column's values contiguous
     ai_all = np.zeros((n, nb), np.uint8)
     codes_all = np.zeros((n, k), np.uint8)
-    for r0 in range(0, n, rows):
-        r1 = min(n, r0 + rows)
+    cuts = sorted(set(range(0, n, rows)) | {min(n, coarse_from), n})  # rows are independent
+    for r0, r1 in zip(cuts[:-1], cuts[1:]):
         L = (CODE_LEVELS if r0 < coarse_from else COARSE_LEVELS).astype(np.float64)
         mid = (L[1:] + L[:-1]) / 2
+        zero_code = int(np.flatnonzero(L == 0)[0])
         w = w0[r0:r1].copy()              # [rows, H], updated with the pushed errors
         c = col[r0:r1].astype(np.float64)
         for j in range(nb):
@@ -127,21 +145,28 @@ def compact_embedding(q, cov: np.ndarray | None = None, damp: float = 0.03,
             for a in range(16):
                 da = c * A64[a]
                 codes = np.searchsorted(mid, w[:, s:e] / da[:, None])
-                err = (wk[s:e] * (da[:, None] * L[codes] - w[:, s:e]) ** 2).sum(-1)
+                err = (wk_codes[s:e] * (da[:, None] * L[codes] - w[:, s:e]) ** 2).sum(-1)
                 better = err < best_err
                 best_err = np.where(better, err, best_err)
                 ai_all[r0:r1, j][better] = a
                 dd = np.where(better, da, dd)
             errs = np.zeros((r1 - r0, QK))
             for i in range(s, e):
-                codes = np.searchsorted(mid, w[:, i] / dd)
-                codes_all[r0:r1, i] = codes
-                errs[:, i - s] = (w[:, i] - dd * L[codes]) / u[i, i]
+                if i in xcol:
+                    x = np.clip(np.floor(w[:, i] / xs64[xcol[i]] + 0.5), -127, 127)
+                    xq[xcol[i], r0:r1] = x
+                    codes_all[r0:r1, i] = zero_code
+                    errs[:, i - s] = (w[:, i] - xs64[xcol[i]] * x) / u[i, i]
+                else:
+                    codes = np.searchsorted(mid, w[:, i] / dd)
+                    codes_all[r0:r1, i] = codes
+                    errs[:, i - s] = (w[:, i] - dd * L[codes]) / u[i, i]
                 w[:, i + 1:e] -= np.outer(errs[:, i - s], u[i, i + 1:e])
             w[:, e:] -= errs @ u[s:e, e:]
         bar("embedding", r1, n)
     return {"codes": codes_all, "params": ai_all, "col": col, "A": A, "L": CODE_LEVELS,
-            "coarse_from": coarse_from, "C": COARSE_LEVELS}
+            "coarse_from": coarse_from, "C": COARSE_LEVELS,
+            "int8_cols": sorted(xcol), "xq": xq, "xs": xs}
 
 
 def f16_planes(a: np.ndarray) -> tuple:
@@ -246,7 +271,8 @@ def encode(ext: list, tensors: dict, preset: str, imp: dict | None = None,
                 entry["src"].update({f: wr.add(lo, f), f + "_hi": wr.add(hi, f + "_hi")})
             keep = "zero"  # the graph zeroes these inputs: the int8 scale ignores their rows
         else:  # the embedding: input Gather and LM head
-            c = compact_embedding(q, (cov or {}).get(LM_HEAD), coarse_from=COARSE_FROM)
+            c = compact_embedding(q, (cov or {}).get(LM_HEAD), coarse_from=COARSE_FROM,
+                                  int8_cols=((feats or {}).get(t.param) or [])[:INT8_COLS])
             entry = {**head, "op": "q4c_i8", "params": "a4",
                      "src": {"codes": wr.add(pack_nibbles(c["codes"]), "emb_codes"),
                              "params": wr.add(pack_nibbles(c["params"]), "params"),
@@ -255,6 +281,9 @@ def encode(ext: list, tensors: dict, preset: str, imp: dict | None = None,
             if c["coarse_from"] < n:
                 entry["coarse_from"] = int(c["coarse_from"])
                 entry["src"]["coarse_levels"] = wr.add(c["C"])
+            if c["int8_cols"]:
+                entry["int8_cols"] = [int(f) for f in c["int8_cols"]]
+                entry["src"].update(cols_q=wr.add(c["xq"], "emb_cols"), cols_scale=wr.add(c["xs"]))
             keep = "keep"  # the input Gather reads every row
         entry.update(dst=place(t.name, n * k), dst_scale=place(by_role["scale", t.param], 4 * n))
         fr = (feats or {}).get(t.param) or []

@@ -118,10 +118,18 @@ def _write_int8(t: dict, val: np.ndarray, out: np.ndarray, r0: int, r1: int) -> 
 
 
 def _q4c_i8(t: dict, w: np.ndarray, out: np.ndarray, rows: int = 4096) -> None:
-    """value = col[n] * A[a] * L[code] (float64; rows >= coarse_from: coarse levels)."""
+    """value = col[n] * A[a] * L[code] (float64; rows >= coarse_from: coarse levels); with
+    `int8_cols` (input features k), value[n, k] = cols_scale[i] * cols_q[i, n] instead."""
     n, k, qk = t["n"], t["k"], t["block"]
     s = t["src"]
     nb = k // qk
+    if t.get("params") != "a4":
+        raise BundleCorrupt(f"q4c_i8 params {t.get('params')!r}: this runtime reads 'a4' "
+                            f"only; rebuild the bundle or update SmolChat")
+    xc = t.get("int8_cols") or []
+    if xc:
+        xq = w[s["cols_q"]:s["cols_q"] + len(xc) * n].view(np.int8).reshape(len(xc), n)
+        xs = _f32(w, s["cols_scale"], len(xc))
     col = _f16(w, s["col"], n)
     a_lv = _f32(w, s["a_levels"], 16)
     levels = _f32(w, s["code_levels"], 16)
@@ -136,8 +144,10 @@ def _q4c_i8(t: dict, w: np.ndarray, out: np.ndarray, rows: int = 4096) -> None:
         c0 = max(0, coarse_from - r0)                       # first coarse row of the chunk
         if c0 < r1 - r0:
             lv[c0:] = coarse[codes[c0:]]
-        val = d[..., None] * lv                             # one rounding
-        _write_int8(t, val.reshape(r1 - r0, k), out, r0, r1)
+        val = (d[..., None] * lv).reshape(r1 - r0, k)       # one rounding
+        if xc:
+            val[:, xc] = (xs[:, None] * xq[:, r0:r1]).T     # exact: float32 * int8
+        _write_int8(t, val, out, r0, r1)
 
 
 def _q4_1_i8(t: dict, w: np.ndarray, out: np.ndarray, rows: int = 4096) -> None:

@@ -306,3 +306,47 @@ def test_compact_layers_keep_the_gguf_values_and_float_rows(tiny_bundles, tiny_r
             assert numpy_helper.to_array(consts[gather.input[1]]).tolist() == rows[nd.input[1]]
             seen.add(nd.input[1])
     assert seen == set(rows)  # the LM head's (the embedding's) included
+
+
+def test_embedding_int8_columns_are_the_lm_heads_float_rows(tiny_bundles):
+    """compact's embedding keeps its columns at the LM head's float features as int8 per
+    column (int8_cols == float_rows): the float32 rows the LM head multiplies in float are
+    exactly cols_scale[i] * cols_q[i, n], and the int8 table the input Gather reads is within
+    half an int8 step of them."""
+    from smolchat.runtime_form import download_form
+    d = tiny_bundles["compact"]
+    man = read_manifest(d)
+    rt = man["runtime"]
+    t = next(t for t in rt["tensors"] if t["op"] == "q4c_i8")
+    n, k, cols = t["n"], t["k"], t["int8_cols"]
+    assert cols == t["float_rows"] and len(cols) == 8 and t["float_rows_int8"] == "keep"
+    form = download_form(rt, (Path(d) / rt["weights_file"]).read_bytes())
+    xq = form[t["src"]["cols_q"]:t["src"]["cols_q"] + len(cols) * n].view(np.int8).reshape(-1, n)
+    xs = form[t["src"]["cols_scale"]:t["src"]["cols_scale"] + 4 * len(cols)].view(np.float32)
+    assert np.abs(xq).max() > 100  # the columns use the int8 range, not a handful of levels
+    want = (xs.astype(np.float64)[:, None] * xq).astype(np.float32)
+    data = expand_runtime_data(d, man)
+    fl = data[t["dst_float"]:t["dst_float"] + 4 * len(cols) * n].view(np.float32).reshape(-1, n)
+    np.testing.assert_array_equal(fl, want)
+    i8 = data[t["dst"]:t["dst"] + n * k].view(np.int8).reshape(k, n)[cols].astype(np.float64)
+    s = data[t["dst_scale"]:t["dst_scale"] + 4 * n].view(np.float32).astype(np.float64)
+    assert (np.abs(i8 * s - want) <= s / 2 * (1 + 1e-9)).all()
+
+
+def test_stale_embedding_layout_is_refused(tiny_bundles, tmp_path):
+    """An embedding entry in a layout this runtime does not read (an older bundle's "a4t4")
+    fails in both runtimes with a bundle_corrupt error saying what to do, instead of
+    expanding to wrong weights."""
+    d = tmp_path / "stale"
+    shutil.copytree(tiny_bundles["compact"], d)
+    man = json.loads((d / "manifest.json").read_text())
+    next(t for t in man["runtime"]["tensors"] if t["op"] == "q4c_i8")["params"] = "a4t4"
+    (d / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(BundleCorrupt, match="rebuild the bundle or update SmolChat"):
+        expand_runtime_data(d, man, check=False)
+    if shutil.which("node") is None:
+        pytest.skip("node is not installed")
+    r = subprocess.run(["node", str(ROOT / "tests" / "build" / "expand_node.mjs"), str(d),
+                        (ROOT / "web" / "src" / "runtime_form.js").as_uri()],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "bundle_corrupt: q4c_i8 params" in r.stderr

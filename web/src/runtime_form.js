@@ -75,25 +75,32 @@ function f16Planes(w, lo, hi, count) {
 // s[n] = fround(max |value| / 127) (1 if 0) at dst_scale, int8 = clamp(floor(v / s + 0.5));
 // with float_rows (input features k): float32 [F, N] = fround(value[n, k]) at dst_float, and
 // when float_rows_int8 is "zero" those rows of the int8 table are 0 and outside the max.
+// cols (q4c_i8's int8_cols): {ks: input features k, value(n, i)}: value[n, ks[i]] is
+// value(n, i) (float64), not the code's; their codes are left out of the max.
 // A block has 16 possible values, so each is computed once per block (the same float64
 // operations as per element, so the same bits): value table -> the column's max over the codes
 // that occur -> s -> int8 table. Columns go in batches of Q4C_BATCH so the [K, N] writes fill
 // contiguous runs of a row instead of striding N bytes per element.
 const Q4C_BATCH = 64;
 
-function nibblesToI8(t, w, out, outDv, blockValues) {
+function nibblesToI8(t, w, out, outDv, blockValues, cols = null) {
   const { n: N, k: K, block: QK, src } = t;
   const nb = K / QK;
   const dst = new Int8Array(out.buffer, out.byteOffset + t.dst, N * K);
   const codes = src.codes;
   const fr = t.float_rows || [];
   const zero = t.float_rows_int8 === "zero";
-  const isFloat = new Uint8Array(K);
-  const blockFloat = new Uint8Array(nb);
-  if (zero) for (const f of fr) { isFloat[f] = 1; blockFloat[(f / QK) | 0] = 1; }
+  const isFloat = new Uint8Array(K);   // 1: a zeroed float row (int8 row 0, outside the max)
+  const colOf = new Int16Array(K).fill(-1); // i of an int8_cols feature k, else -1
+  const blockSkip = new Uint8Array(nb); // the block has codes to leave out of the max
+  if (zero) for (const f of fr) { isFloat[f] = 1; blockSkip[(f / QK) | 0] = 1; }
+  const ks = cols ? cols.ks : [];
+  ks.forEach((k, i) => { colOf[k] = i; blockSkip[(k / QK) | 0] = 1; });
   const per = nb * 16; // table entries per column
   const value = new Float64Array(per);
   const qtab = new Int8Array(Q4C_BATCH * per);
+  const colVal = new Float64Array(Q4C_BATCH * ks.length); // [b, i]: the int8_cols values
+  const scale = new Float64Array(Q4C_BATCH);
   for (let n0 = 0; n0 < N; n0 += Q4C_BATCH) {
     const nn = Math.min(Q4C_BATCH, N - n0);
     for (let b = 0; b < nn; b++) {
@@ -104,12 +111,13 @@ function nibblesToI8(t, w, out, outDv, blockValues) {
         // which of the 16 codes occur in this block (QK even, block starts on a byte)
         let seen = 0;
         const first = codes + ((n * K + j * QK) >> 1);
-        if (blockFloat[j]) { // leave the float rows' codes out
+        if (blockSkip[j]) { // leave the float rows' and the int8_cols' codes out
           const k0 = j * QK;
           for (let i = 0; i < QK >> 1; i++) {
             const by = w[first + i];
-            if (!isFloat[k0 + 2 * i]) seen |= 1 << (by & 15);
-            if (!isFloat[k0 + 2 * i + 1]) seen |= 1 << (by >> 4);
+            const k = k0 + 2 * i;
+            if (!isFloat[k] && colOf[k] < 0) seen |= 1 << (by & 15);
+            if (!isFloat[k + 1] && colOf[k + 1] < 0) seen |= 1 << (by >> 4);
           }
         } else {
           for (let i = 0; i < QK >> 1; i++) { const by = w[first + i]; seen |= (1 << (by & 15)) | (1 << (by >> 4)); }
@@ -118,8 +126,14 @@ function nibblesToI8(t, w, out, outDv, blockValues) {
           if (seen & (1 << c)) { const av = Math.abs(value[j * 16 + c]); if (av > amax) amax = av; }
         }
       }
+      for (let i = 0; i < ks.length; i++) {
+        const v = cols.value(n, i);
+        colVal[b * ks.length + i] = v;
+        if (!isFloat[ks[i]] && Math.abs(v) > amax) amax = Math.abs(v);
+      }
       let s = Math.fround(amax / 127);
       if (s === 0) s = 1;
+      scale[b] = s;
       for (let e = 0; e < per; e++) {
         let q = Math.floor(value[e] / s + 0.5);
         if (q > 127) q = 127;
@@ -128,13 +142,24 @@ function nibblesToI8(t, w, out, outDv, blockValues) {
       }
       outDv.setFloat32(t.dst_scale + 4 * n, s, true);
       fr.forEach((f, i) => {
-        outDv.setFloat32(t.dst_float + 4 * (i * N + n), value[((f / QK) | 0) * 16 + nibble(w, codes, n * K + f)], true);
+        const v = colOf[f] >= 0 ? colVal[b * ks.length + colOf[f]]
+          : value[((f / QK) | 0) * 16 + nibble(w, codes, n * K + f)];
+        outDv.setFloat32(t.dst_float + 4 * (i * N + n), v, true);
       });
     }
     for (let k = 0; k < K && !t.skip_int8; k++) {
       const j16 = ((k / QK) | 0) * 16;
       const row = k * N + n0;
       if (isFloat[k]) { dst.fill(0, row, row + nn); continue; }
+      if (colOf[k] >= 0) {
+        for (let b = 0; b < nn; b++) {
+          let q = Math.floor(colVal[b * ks.length + colOf[k]] / scale[b] + 0.5);
+          if (q > 127) q = 127;
+          else if (q < -127) q = -127;
+          dst[row + b] = q;
+        }
+        continue;
+      }
       for (let b = 0; b < nn; b++) {
         const idx = (n0 + b) * K + k;
         const by = w[codes + (idx >> 1)];
@@ -145,10 +170,17 @@ function nibblesToI8(t, w, out, outDv, blockValues) {
 }
 
 // q4c_i8: value = col[n] * A[a] * L[code] (float64), a = the block's 4-bit scale index; rows
-// n >= coarse_from use the 8 coarse_levels instead of the 16 code_levels.
+// n >= coarse_from use the 8 coarse_levels instead of the 16 code_levels; with int8_cols
+// (input features k): value[n, k] = cols_scale[i] * cols_q[i, n] (float32 * int8, [C, N]).
 function q4cI8(t, w, dv, out, outDv) {
   const { n: N, k: K, block: QK, src } = t;
   const nb = K / QK;
+  if (t.params !== "a4") {
+    throw new Error(`bundle_corrupt: q4c_i8 params ${JSON.stringify(t.params)}: this runtime reads "a4" only; rebuild the bundle or update SmolChat`);
+  }
+  const ks = t.int8_cols || [];
+  const xs = ks.length ? f32Array(dv, src.cols_scale, ks.length) : null;
+  const xq = ks.length ? new Int8Array(w.buffer, w.byteOffset + src.cols_q, ks.length * N) : null;
   const col = f16Array(dv, src.col, N);
   const A = f32Array(dv, src.a_levels, 16);
   const L = f32Array(dv, src.code_levels, 16);
@@ -160,7 +192,7 @@ function q4cI8(t, w, dv, out, outDv) {
       const d = col[n] * A[nibble(w, src.params, n * nb + j)];
       for (let c = 0; c < 16; c++) value[j * 16 + c] = c < lv.length ? d * lv[c] : 0;
     }
-  });
+  }, ks.length ? { ks, value: (n, i) => xs[i] * xq[i * N + n] } : null);
 }
 
 // q4_1_i8: value = fround(d * code + m) (the Q4_1 value as float32), d/m float16 per block as
