@@ -10,7 +10,8 @@ byte planes, to ~9.5 bits.
            planes), expanded to int8 [K, N] + float32 scale [N] per column. The Q8_0 embedding
            is re-quantized (op `q4c_i8`) to 4-bit codes into 16 fixed levels (NF4's; value =
            d * L[code]), rows from COARSE_FROM on (the rarer tokens: BPE ids follow merge
-           order) to 3-bit codes into 8 levels; one 4-bit scale index per block of 32, codes
+           order) to 3-bit codes into 8 levels, rows before FINE_UNTIL (the most frequent) to
+           5-bit codes into 32 levels; one 4-bit scale index per block of 32, codes
            and scales chosen GPTQ-style for the LM head's output error (its input covariance
            from calibration, errors pushed onto the hidden features not yet rounded); its
            columns at the LM head's float features are int8 per column (`int8_cols`). Each
@@ -41,7 +42,13 @@ FLOAT_FEATURES = 8
 # 91.3%, 14.0 MB deflated; from 32768 on 3-bit 1.0096 / 91.0%, 13.0 MB; from 16384 on 1.030 /
 # 89.2%, 11.9 MB. 29696 fits the 70 MiB budget with the int8 columns below and ~80 KB to
 # spare (30720: 11 KB; 28672: GPL-3 ratio 1.059 against 1.053).
-COARSE_FROM = 29696
+COARSE_FROM = 25600
+# Embedding rows before this (the most frequent tokens) get 5-bit codes (FINE_LEVELS), one
+# byte each in the download form, paid for by more 3-bit rows. Measured (simulation as for
+# INT8_COLS, pydoc / GPL-3 4,096 tokens each, equal bytes): none, 3-bit from 29696: 1.019 /
+# 92.9% and 1.046 / 87.6%; 5-bit before 2048, 3-bit from 27648: 1.009 / 93.1% and 1.037 /
+# 89.0%; before 4096, from 25600: 1.011 / 93.2% and 1.031 / 89.3%.
+FINE_UNTIL = 4096
 # The embedding's columns at the LM head's INT8_COLS highest-energy input features (its float
 # features) are int8 per column, not 4-bit. Measured (exact layers, float features, GPTQ;
 # pydoc 2,048 / GPL-3 4,096 tokens): 4-bit 1.009 / 90.6% and 1.051 / 84.5%; these 8 columns
@@ -94,9 +101,19 @@ COARSE_LEVELS = np.array([-1.0, -0.4786478, -0.2171512, 0.0, 0.1609372, 0.337929
                           1.0], np.float32)
 
 
+# 32 levels for the fine rows (the most frequent tokens), built as NF4's are (normal quantiles,
+# 16 above zero, 15 below).
+FINE_LEVELS = np.array([
+    -1.0000000, -0.8258587, -0.7102716, -0.6202751, -0.5447901, -0.4786478, -0.4189838,
+    -0.3640274, -0.3125948, -0.2638453, -0.2171512, -0.1720229, -0.1280620, -0.0849318,
+    -0.0423354, 0.0000000, 0.0396845, 0.0795838, 0.1199213, 0.1609372, 0.2029006, 0.2461229,
+    0.2909777, 0.3379293, 0.3875773, 0.4407274, 0.4985152, 0.5626374, 0.6358267, 0.7229776,
+    0.8344330, 1.0000000], np.float32)
+
+
 def compact_embedding(q, cov: np.ndarray | None = None, damp: float = 0.03,
                       rows: int = 2048, coarse_from: int | None = None,
-                      int8_cols: list | tuple = ()) -> dict:
+                      int8_cols: list | tuple = (), fine_until: int = 0) -> dict:
     """Q8_0 embedding [V, H] -> 4-bit codes into CODE_LEVELS: value = col[v] * A[a] * L[code].
 
     The table is also the LM head, so its codes minimise the LM head's output error
@@ -106,7 +123,8 @@ def compact_embedding(q, cov: np.ndarray | None = None, damp: float = 0.03,
     codes are rounded one feature at a time and each rounding error is pushed onto the
     features not yet rounded through U, the upper Cholesky factor of the damped inverse
     covariance. cov=None: identity (plain nearest-level rounding, no error feedback).
-    Rows from `coarse_from` on use COARSE_LEVELS (codes 0..7).
+    Rows from `coarse_from` on use COARSE_LEVELS (codes 0..7), rows before `fine_until`
+    FINE_LEVELS (5-bit codes 0..31).
     `int8_cols` (the LM head's highest-energy input features): those columns are int8 with a
     float32 scale per column instead (value = xs[i] * xq[i, v]), rounded in their turn from the
     errors pushed onto them, so they also soak up the other features' rounding at a fine step;
@@ -131,9 +149,10 @@ def compact_embedding(q, cov: np.ndarray | None = None, damp: float = 0.03,
     xq = np.zeros((len(xcol), n), np.int8)       # [C, V]: a column's values contiguous
     ai_all = np.zeros((n, nb), np.uint8)
     codes_all = np.zeros((n, k), np.uint8)
-    cuts = sorted(set(range(0, n, rows)) | {min(n, coarse_from), n})  # rows are independent
-    for r0, r1 in zip(cuts[:-1], cuts[1:]):
-        L = (CODE_LEVELS if r0 < coarse_from else COARSE_LEVELS).astype(np.float64)
+    cuts = sorted(set(range(0, n, rows)) | {min(n, coarse_from), min(n, fine_until), n})
+    for r0, r1 in zip(cuts[:-1], cuts[1:]):  # rows are independent: any cut gives the same codes
+        L = (FINE_LEVELS if r0 < fine_until else CODE_LEVELS if r0 < coarse_from
+             else COARSE_LEVELS).astype(np.float64)
         mid = (L[1:] + L[:-1]) / 2
         zero_code = int(np.flatnonzero(L == 0)[0])
         w = w0[r0:r1].copy()              # [rows, H], updated with the pushed errors
@@ -165,7 +184,8 @@ def compact_embedding(q, cov: np.ndarray | None = None, damp: float = 0.03,
             w[:, e:] -= errs @ u[s:e, e:]
         bar("embedding", r1, n)
     return {"codes": codes_all, "params": ai_all, "col": col, "A": A, "L": CODE_LEVELS,
-            "coarse_from": coarse_from, "C": COARSE_LEVELS,
+            "coarse_from": coarse_from, "C": COARSE_LEVELS, "fine_until": fine_until,
+            "F": FINE_LEVELS,
             "int8_cols": sorted(xcol), "xq": xq, "xs": xs}
 
 
@@ -272,15 +292,21 @@ def encode(ext: list, tensors: dict, preset: str, imp: dict | None = None,
             keep = "zero"  # the graph zeroes these inputs: the int8 scale ignores their rows
         else:  # the embedding: input Gather and LM head
             c = compact_embedding(q, (cov or {}).get(LM_HEAD), coarse_from=COARSE_FROM,
-                                  int8_cols=((feats or {}).get(t.param) or [])[:INT8_COLS])
+                                  int8_cols=((feats or {}).get(t.param) or [])[:INT8_COLS],
+                                  fine_until=min(n, FINE_UNTIL))
+            fine = c["fine_until"]
             entry = {**head, "op": "q4c_i8", "params": "a4",
-                     "src": {"codes": wr.add(pack_nibbles(c["codes"]), "emb_codes"),
+                     "src": {"codes": wr.add(pack_nibbles(c["codes"][fine:]), "emb_codes"),
                              "params": wr.add(pack_nibbles(c["params"]), "params"),
                              "col": wr.add(c["col"]), "a_levels": wr.add(c["A"]),
                              "code_levels": wr.add(c["L"])}}
             if c["coarse_from"] < n:
                 entry["coarse_from"] = int(c["coarse_from"])
                 entry["src"]["coarse_levels"] = wr.add(c["C"])
+            if fine:
+                entry["fine_until"] = int(fine)
+                entry["src"].update(fine_codes=wr.add(c["codes"][:fine], "emb_fine"),
+                                    fine_levels=wr.add(c["F"]))
             if c["int8_cols"]:
                 entry["int8_cols"] = [int(f) for f in c["int8_cols"]]
                 entry["src"].update(cols_q=wr.add(c["xq"], "emb_cols"), cols_scale=wr.add(c["xs"]))

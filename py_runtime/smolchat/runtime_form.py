@@ -118,8 +118,10 @@ def _write_int8(t: dict, val: np.ndarray, out: np.ndarray, r0: int, r1: int) -> 
 
 
 def _q4c_i8(t: dict, w: np.ndarray, out: np.ndarray, rows: int = 4096) -> None:
-    """value = col[n] * A[a] * L[code] (float64; rows >= coarse_from: coarse levels); with
-    `int8_cols` (input features k), value[n, k] = cols_scale[i] * cols_q[i, n] instead."""
+    """value = col[n] * A[a] * L[code] (float64; rows >= coarse_from: coarse levels; rows <
+    fine_until: fine levels, codes one per byte in fine_codes, and the nibbles of `codes`
+    start at row fine_until); with `int8_cols` (input features k), value[n, k] =
+    cols_scale[i] * cols_q[i, n] instead."""
     n, k, qk = t["n"], t["k"], t["block"]
     s = t["src"]
     nb = k // qk
@@ -135,12 +137,19 @@ def _q4c_i8(t: dict, w: np.ndarray, out: np.ndarray, rows: int = 4096) -> None:
     levels = _f32(w, s["code_levels"], 16)
     coarse_from = t.get("coarse_from", n)
     coarse = _f32(w, s["coarse_levels"], 8) if coarse_from < n else None
+    fine = t.get("fine_until", 0)
+    fine_lv = _f32(w, s["fine_levels"], 32) if fine else None
     params = _nibbles(w, s["params"], n * nb).reshape(n, nb)
-    for r0 in range(0, n, rows):  # row chunks bound the float64 temporaries
-        r1 = min(n, r0 + rows)
-        codes = _nibbles(w, s["codes"] + r0 * k // 2, (r1 - r0) * k).reshape(r1 - r0, nb, qk)
+    cuts = sorted(set(range(0, n, rows)) | {fine, n})
+    for r0, r1 in zip(cuts[:-1], cuts[1:]):  # row chunks bound the float64 temporaries
+        if r0 < fine:
+            codes = w[s["fine_codes"] + r0 * k:s["fine_codes"] + r1 * k]
+            lv = fine_lv[codes.reshape(r1 - r0, nb, qk)]
+        else:
+            codes = _nibbles(w, s["codes"] + (r0 - fine) * k // 2, (r1 - r0) * k)
+            codes = codes.reshape(r1 - r0, nb, qk)
+            lv = levels[codes]
         d = col[r0:r1, None] * a_lv[params[r0:r1]]         # float64, exact
-        lv = levels[codes]
         c0 = max(0, coarse_from - r0)                       # first coarse row of the chunk
         if c0 < r1 - r0:
             lv[c0:] = coarse[codes[c0:]]

@@ -350,3 +350,42 @@ def test_stale_embedding_layout_is_refused(tiny_bundles, tmp_path):
                         (ROOT / "web" / "src" / "runtime_form.js").as_uri()],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode != 0 and "bundle_corrupt: q4c_i8 params" in r.stderr
+
+
+def test_embedding_rows_in_three_precisions(tiny_bundles):
+    """compact's embedding rows come in three tiers by token id (BPE merge order, so by
+    frequency): 5-bit codes (one byte each) before fine_until, 4-bit nibbles, 3-bit nibbles
+    from coarse_from on. Each tier's values, decoded here from the download form as README's
+    table says, are what the int8 table and its scale hold (within half an int8 step)."""
+    from smolchat.runtime_form import download_form
+    d = tiny_bundles["compact"]
+    man = read_manifest(d)
+    rt = man["runtime"]
+    t = next(t for t in rt["tensors"] if t["op"] == "q4c_i8")
+    n, k, s = t["n"], t["k"], t["src"]
+    fine, coarse = t["fine_until"], t["coarse_from"]
+    assert 0 < fine < coarse < n
+    form = download_form(rt, (Path(d) / rt["weights_file"]).read_bytes())
+    f32 = lambda off, c: form[off:off + 4 * c].view(np.float32).astype(np.float64)
+    col = form[s["col"]:s["col"] + 2 * n].view(np.float16).astype(np.float64)
+    A, L, C, F = (f32(s["a_levels"], 16), f32(s["code_levels"], 16),
+                  f32(s["coarse_levels"], 8), f32(s["fine_levels"], 32))
+    fine_codes = form[s["fine_codes"]:s["fine_codes"] + fine * k].reshape(fine, k)
+    assert fine_codes.max() > 15  # really 5-bit
+    data = expand_runtime_data(d, man)
+    i8 = data[t["dst"]:t["dst"] + n * k].view(np.int8).reshape(k, n)
+    sc = data[t["dst_scale"]:t["dst_scale"] + 4 * n].view(np.float32).astype(np.float64)
+    for row in (0, fine - 1, fine, coarse - 1, coarse, n - 1):
+        a = [(form[s["params"] + (row * k // 32 + j) // 2] >> (4 * ((row * k // 32 + j) % 2))) & 15
+             for j in range(k // 32)]
+        if row < fine:
+            lv = F[fine_codes[row]]
+        else:
+            nib = np.array([(form[s["codes"] + ((row - fine) * k + i) // 2] >> (4 * (i % 2))) & 15
+                            for i in range(k)])
+            assert row < coarse or nib.max() <= 7
+            lv = (L if row < coarse else C)[nib]
+        val = col[row] * A[np.repeat(a, 32)] * lv
+        for i, f in enumerate(t["int8_cols"]):
+            val[f] = f32(s["cols_scale"], 8)[i] * form[s["cols_q"] + i * n + row].astype(np.int8)
+        assert (np.abs(i8[:, row] * sc[row] - val) <= sc[row] / 2 * (1 + 1e-9)).all(), row

@@ -88,6 +88,7 @@ function nibblesToI8(t, w, out, outDv, blockValues, cols = null) {
   const nb = K / QK;
   const dst = new Int8Array(out.buffer, out.byteOffset + t.dst, N * K);
   const codes = src.codes;
+  const nStart = t.fine_until ?? 0; // q4c_i8: rows before it are fineToI8's; nibbles start there
   const fr = t.float_rows || [];
   const zero = t.float_rows_int8 === "zero";
   const isFloat = new Uint8Array(K);   // 1: a zeroed float row (int8 row 0, outside the max)
@@ -101,7 +102,7 @@ function nibblesToI8(t, w, out, outDv, blockValues, cols = null) {
   const qtab = new Int8Array(Q4C_BATCH * per);
   const colVal = new Float64Array(Q4C_BATCH * ks.length); // [b, i]: the int8_cols values
   const scale = new Float64Array(Q4C_BATCH);
-  for (let n0 = 0; n0 < N; n0 += Q4C_BATCH) {
+  for (let n0 = nStart; n0 < N; n0 += Q4C_BATCH) {
     const nn = Math.min(Q4C_BATCH, N - n0);
     for (let b = 0; b < nn; b++) {
       const n = n0 + b;
@@ -110,7 +111,7 @@ function nibblesToI8(t, w, out, outDv, blockValues, cols = null) {
       for (let j = 0; j < nb; j++) {
         // which of the 16 codes occur in this block (QK even, block starts on a byte)
         let seen = 0;
-        const first = codes + ((n * K + j * QK) >> 1);
+        const first = codes + (((n - nStart) * K + j * QK) >> 1);
         if (blockSkip[j]) { // leave the float rows' and the int8_cols' codes out
           const k0 = j * QK;
           for (let i = 0; i < QK >> 1; i++) {
@@ -143,7 +144,7 @@ function nibblesToI8(t, w, out, outDv, blockValues, cols = null) {
       outDv.setFloat32(t.dst_scale + 4 * n, s, true);
       fr.forEach((f, i) => {
         const v = colOf[f] >= 0 ? colVal[b * ks.length + colOf[f]]
-          : value[((f / QK) | 0) * 16 + nibble(w, codes, n * K + f)];
+          : value[((f / QK) | 0) * 16 + nibble(w, codes, (n - nStart) * K + f)];
         outDv.setFloat32(t.dst_float + 4 * (i * N + n), v, true);
       });
     }
@@ -161,7 +162,7 @@ function nibblesToI8(t, w, out, outDv, blockValues, cols = null) {
         continue;
       }
       for (let b = 0; b < nn; b++) {
-        const idx = (n0 + b) * K + k;
+        const idx = (n0 + b - nStart) * K + k;
         const by = w[codes + (idx >> 1)];
         dst[row + b] = qtab[b * per + j16 + (idx & 1 ? by >> 4 : by & 15)];
       }
@@ -169,9 +170,41 @@ function nibblesToI8(t, w, out, outDv, blockValues, cols = null) {
   }
 }
 
+// q4c_i8's rows n < fine_until (few: the simple way, element by element, the same operations as
+// nibblesToI8): rowValues(n, v) fills v[k] for every k -> int8 column n of [K, N], its scale,
+// its float rows.
+function fineToI8(t, out, outDv, rowValues, cols) {
+  const { n: N, k: K } = t;
+  const dst = new Int8Array(out.buffer, out.byteOffset + t.dst, N * K);
+  const fr = t.float_rows || [];
+  const zero = t.float_rows_int8 === "zero";
+  const isFloat = new Uint8Array(K);
+  if (zero) for (const f of fr) isFloat[f] = 1;
+  const v = new Float64Array(K);
+  for (let n = 0; n < t.fine_until; n++) {
+    rowValues(n, v);
+    if (cols) cols.ks.forEach((k, i) => { v[k] = cols.value(n, i); });
+    let amax = 0;
+    for (let k = 0; k < K; k++) if (!isFloat[k] && Math.abs(v[k]) > amax) amax = Math.abs(v[k]);
+    let s = Math.fround(amax / 127);
+    if (s === 0) s = 1;
+    outDv.setFloat32(t.dst_scale + 4 * n, s, true);
+    fr.forEach((f, i) => outDv.setFloat32(t.dst_float + 4 * (i * N + n), v[f], true));
+    if (t.skip_int8) continue;
+    for (let k = 0; k < K; k++) {
+      let q = isFloat[k] ? 0 : Math.floor(v[k] / s + 0.5);
+      if (q > 127) q = 127;
+      else if (q < -127) q = -127;
+      dst[k * N + n] = q;
+    }
+  }
+}
+
 // q4c_i8: value = col[n] * A[a] * L[code] (float64), a = the block's 4-bit scale index; rows
-// n >= coarse_from use the 8 coarse_levels instead of the 16 code_levels; with int8_cols
-// (input features k): value[n, k] = cols_scale[i] * cols_q[i, n] (float32 * int8, [C, N]).
+// n >= coarse_from use the 8 coarse_levels instead of the 16 code_levels, rows n < fine_until
+// the 32 fine_levels with one code per byte in fine_codes [fine_until, K] (the nibbles of
+// src.codes start at row fine_until); with int8_cols (input features k): value[n, k] =
+// cols_scale[i] * cols_q[i, n] (float32 * int8, [C, N]).
 function q4cI8(t, w, dv, out, outDv) {
   const { n: N, k: K, block: QK, src } = t;
   const nb = K / QK;
@@ -186,13 +219,23 @@ function q4cI8(t, w, dv, out, outDv) {
   const L = f32Array(dv, src.code_levels, 16);
   const coarseFrom = t.coarse_from ?? N;
   const C = coarseFrom < N ? f32Array(dv, src.coarse_levels, 8) : null;
+  const cols = ks.length ? { ks, value: (n, i) => xs[i] * xq[i * N + n] } : null;
+  if (t.fine_until) {
+    const F = f32Array(dv, src.fine_levels, 32);
+    fineToI8(t, out, outDv, (n, v) => {
+      for (let j = 0; j < nb; j++) {
+        const d = col[n] * A[nibble(w, src.params, n * nb + j)];
+        for (let k = j * QK; k < (j + 1) * QK; k++) v[k] = d * F[w[src.fine_codes + n * K + k]];
+      }
+    }, cols);
+  }
   nibblesToI8(t, w, out, outDv, (n, value) => {
     const lv = n >= coarseFrom ? C : L;
     for (let j = 0; j < nb; j++) {
       const d = col[n] * A[nibble(w, src.params, n * nb + j)];
       for (let c = 0; c < 16; c++) value[j * 16 + c] = c < lv.length ? d * lv[c] : 0;
     }
-  }, ks.length ? { ks, value: (n, i) => xs[i] * xq[i * N + n] } : null);
+  }, cols);
 }
 
 // q4_1_i8: value = fround(d * code + m) (the Q4_1 value as float32), d/m float16 per block as
