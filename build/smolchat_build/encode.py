@@ -274,6 +274,7 @@ def encode(ext: list, tensors: dict, preset: str, imp: dict | None = None,
         q = tensors[t.param]
         n, k = q.shape
         head = {"name": t.name, "n": n, "k": k, "block": QK}
+        fr = (feats or {}).get(t.param) or []  # its float features (the graph's)
         if preset == "exact":
             src = {"codes": wr.add(pack_nibbles(q.codes) if q.kind == "q4_1" else q.codes,
                                    "codes"),
@@ -292,7 +293,7 @@ def encode(ext: list, tensors: dict, preset: str, imp: dict | None = None,
             keep = "zero"  # the graph zeroes these inputs: the int8 scale ignores their rows
         else:  # the embedding: input Gather and LM head
             c = compact_embedding(q, (cov or {}).get(LM_HEAD), coarse_from=COARSE_FROM,
-                                  int8_cols=((feats or {}).get(t.param) or [])[:INT8_COLS],
+                                  int8_cols=fr[:INT8_COLS],
                                   fine_until=min(n, FINE_UNTIL))
             fine = c["fine_until"]
             entry = {**head, "op": "q4c_i8", "params": "a4",
@@ -312,7 +313,6 @@ def encode(ext: list, tensors: dict, preset: str, imp: dict | None = None,
                 entry["src"].update(cols_q=wr.add(c["xq"], "emb_cols"), cols_scale=wr.add(c["xs"]))
             keep = "keep"  # the input Gather reads every row
         entry.update(dst=place(t.name, n * k), dst_scale=place(by_role["scale", t.param], 4 * n))
-        fr = (feats or {}).get(t.param) or []
         if fr:
             entry.update(float_rows=[int(f) for f in fr], float_rows_int8=keep,
                          dst_float=place(by_role["float_rows", t.param], 4 * len(fr) * n))

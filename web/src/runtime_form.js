@@ -83,6 +83,13 @@ function f16Planes(w, lo, hi, count) {
 // contiguous runs of a row instead of striding N bytes per element.
 const Q4C_BATCH = 64;
 
+// The int8 rule of both paths: a column's scale from its max |value|, and one value's int8.
+const i8Scale = (amax) => Math.fround(amax / 127) || 1;
+function toI8(v, s) {
+  const q = Math.floor(v / s + 0.5);
+  return q > 127 ? 127 : q < -127 ? -127 : q;
+}
+
 function nibblesToI8(t, w, out, outDv, blockValues, cols = null) {
   const { n: N, k: K, block: QK, src } = t;
   const nb = K / QK;
@@ -132,15 +139,9 @@ function nibblesToI8(t, w, out, outDv, blockValues, cols = null) {
         colVal[b * ks.length + i] = v;
         if (!isFloat[ks[i]] && Math.abs(v) > amax) amax = Math.abs(v);
       }
-      let s = Math.fround(amax / 127);
-      if (s === 0) s = 1;
+      const s = i8Scale(amax);
       scale[b] = s;
-      for (let e = 0; e < per; e++) {
-        let q = Math.floor(value[e] / s + 0.5);
-        if (q > 127) q = 127;
-        else if (q < -127) q = -127;
-        qtab[b * per + e] = q;
-      }
+      for (let e = 0; e < per; e++) qtab[b * per + e] = toI8(value[e], s);
       outDv.setFloat32(t.dst_scale + 4 * n, s, true);
       fr.forEach((f, i) => {
         const v = colOf[f] >= 0 ? colVal[b * ks.length + colOf[f]]
@@ -153,12 +154,7 @@ function nibblesToI8(t, w, out, outDv, blockValues, cols = null) {
       const row = k * N + n0;
       if (isFloat[k]) { dst.fill(0, row, row + nn); continue; }
       if (colOf[k] >= 0) {
-        for (let b = 0; b < nn; b++) {
-          let q = Math.floor(colVal[b * ks.length + colOf[k]] / scale[b] + 0.5);
-          if (q > 127) q = 127;
-          else if (q < -127) q = -127;
-          dst[row + b] = q;
-        }
+        for (let b = 0; b < nn; b++) dst[row + b] = toI8(colVal[b * ks.length + colOf[k]], scale[b]);
         continue;
       }
       for (let b = 0; b < nn; b++) {
@@ -186,17 +182,11 @@ function fineToI8(t, out, outDv, rowValues, cols) {
     if (cols) cols.ks.forEach((k, i) => { v[k] = cols.value(n, i); });
     let amax = 0;
     for (let k = 0; k < K; k++) if (!isFloat[k] && Math.abs(v[k]) > amax) amax = Math.abs(v[k]);
-    let s = Math.fround(amax / 127);
-    if (s === 0) s = 1;
+    const s = i8Scale(amax);
     outDv.setFloat32(t.dst_scale + 4 * n, s, true);
     fr.forEach((f, i) => outDv.setFloat32(t.dst_float + 4 * (i * N + n), v[f], true));
     if (t.skip_int8) continue;
-    for (let k = 0; k < K; k++) {
-      let q = isFloat[k] ? 0 : Math.floor(v[k] / s + 0.5);
-      if (q > 127) q = 127;
-      else if (q < -127) q = -127;
-      dst[k * N + n] = q;
-    }
+    for (let k = 0; k < K; k++) dst[k * N + n] = isFloat[k] ? 0 : toI8(v[k], s);
   }
 }
 
