@@ -13,15 +13,18 @@ CPU operators (the WASM backend is the CPU execution provider compiled to WebAss
   activations (uint8, zero point 128) x int8 weights per output column in
   MatMulIntegerToFloat, then the per-token scale (8 small nodes quantize an activation once
   for all the matrices that read it: q/k/v, gate/up); each matrix's few highest-energy input
-  features skip the quantization and are multiplied in float32 (`linear`);
+  features skip the quantization and are multiplied in float32 (`linear`); the other
+  features are rotated first, in groups of 64, by the Walsh-Hadamard matrix the int8 weights
+  were rotated by when model.data was made (`rotate`);
 * SiLU: QuickGelu with alpha 1 (x * sigmoid(x), the fusion ORT's 'extended' level makes);
 * ONE embedding table, stored [hidden, vocab], for the input Gather (axis=1) and the LM head;
 * `last_position` Slice before the LM head: logits [1, 1, vocab];
 * one initializer per distinct constant value (`_G.const`).
 
-About 2,500 top-level nodes for 30 layers (1,300 before the float features; the Optimum
-export rewritten to int8 had ~6,300; the float features' ~1,200 small nodes left a decode
-step's time unchanged in ORT Web, 42.4 against 41-43 ms):
+About 2,850 top-level nodes for 30 layers (2,500 before the rotation, 1,300 before the float
+features; the Optimum export rewritten to int8 had ~6,300; the float features' ~1,200 small
+nodes left a decode step's time unchanged in ORT Web, 42.4 against 41-43 ms; the rotation's
+~360 cost 1-3% of a native decode step, 7% of a 256-token prefill):
 measured on this machine with native ORT, 1 thread, a decode step went from 74 ms to 15 ms
 and the session opens in 0.4-1.5 s instead of 6.5 s; the int8 arithmetic is unchanged. In
 ORT Web (Node, 1 thread) a 256-token prefill takes 1.2 s (3.4 s with GroupQueryAttention
@@ -45,6 +48,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from . import BuildError
+from .encode import rotation_block
 from .export import ExtTensor
 from smolchat.runtime_form import LAST_POSITION_NODE
 
@@ -137,12 +141,35 @@ def runtime_graph(model, tensors: dict, preset: str, float_feats: dict | None = 
         c_128 = g.const("a_128", np.array(128.0, np.float32))
         c_zp = g.const("a_zp", np.array(128, np.uint8))
     quant_cache: dict = {}
+    hadamard: dict = {}  # block size -> the [b, b] matrix's name
+
+    def rotate(x: str, k: int) -> str:
+        """x [1, s, K] -> x times the block-diagonal Hadamard matrix (blocks of b =
+        rotation_block(K), entries +-1/sqrt(b)): the runtime form rotated the int8 weights'
+        rows the same way (README `rotate`); the matrix is symmetric and orthonormal, so this
+        also undoes it. Reshape [1, s, K/b, b] -> MatMul [b, b] -> Reshape back."""
+        b = rotation_block(k)
+        if b not in hadamard:  # H_b = H_r (x) H_r (Kronecker), r = sqrt(b): a [r, r] constant
+            r = int(round(np.sqrt(b)))              # in the file, folded when the session opens
+            hr = np.ones((1, 1), np.float32)
+            while hr.shape[0] < r:
+                hr = np.block([[hr, hr], [hr, -hr]])
+            hr = hr.astype(np.float32)   # +-1 times +-1/r (r a power of 2): exactly +-1/sqrt(b)
+            hadamard[b] = g.op("Reshape", [
+                g.op("Mul", [g.const(f"a_hr{r}_a", hr.reshape(r, 1, r, 1)),
+                             g.const(f"a_hr{r}_b", (hr / r).reshape(1, r, 1, r))]),
+                g.const(f"k_hb{b}", np.array([b, b], np.int64))])
+        hb = hadamard[b]
+        y = g.op("Reshape", [x, g.const(f"k_rot{k}", np.array([1, -1, k // b, b], np.int64))])
+        return g.op("Reshape", [g.op("MatMul", [y, hb]),
+                                g.const(f"k_unrot{k}", np.array([1, -1, k], np.int64))])
 
     def quant(x: str, feats: list, k: int):
         """x [1, s, K] float -> (uint8 codes, zero point 128; scale [1, s, 1]; the float
         features [1, s, F] or None): the features in `feats` are zeroed first (they go in
         float32, see `linear`), then scale = max|x| / 127 per token, codes = round(x / scale)
-        + 128. Cached: q/k/v and gate/up read one quantized input."""
+        + 128, of the features rotated (`rotate`). Cached: q/k/v and gate/up read one
+        quantized input."""
         key = (x, tuple(feats))
         if key not in quant_cache:
             xf = None
@@ -155,6 +182,7 @@ def runtime_graph(model, tensors: dict, preset: str, float_feats: dict | None = 
                     idx, g.const(f"a_zeros{len(feats)}", np.zeros(len(feats), np.float32))],
                     axis=0)
                 x = g.op("Mul", [x, keep])
+            x = rotate(x, k)
             am = g.op("ReduceMax", [g.op("Abs", [x]), c_last], keepdims=1)
             sc = g.op("Div", [g.op("Max", [am, c_tiny]), c_127])
             r = g.op("Round", [g.op("Div", [x, sc])])
@@ -251,7 +279,13 @@ def runtime_graph(model, tensors: dict, preset: str, float_feats: dict | None = 
     h = g.op("Transpose", [gt], perm=[1, 2, 0])                        # [1, s, H]
     if compact:
         gs = g.op("Unsqueeze", [g.op("Gather", [emb[1], "input_ids"]), c_last])  # [1, s, 1]
-        h = g.op("Mul", [g.op("Cast", [h], to=TensorProto.FLOAT), gs])
+        h = rotate(g.op("Mul", [g.op("Cast", [h], to=TensorProto.FLOAT), gs]), H)
+        if emb[3]:  # the float features: out of the int8 table, their float32 rows put here
+            hf = g.op("Transpose", [g.op("Gather", [emb[2], "input_ids"], axis=1)],
+                      perm=[1, 2, 0])                                # [1, s, F]
+            at = g.op("Expand", [g.const("k_emb_feats", np.array(emb[3], np.int64)),
+                                 g.op("Shape", [hf])])                # [1, s, F]
+            h = g.op("ScatterElements", [h, at, hf], axis=2)
 
     prev = None  # previous layer's MLP output, added to the residual by the next norm
     for i in range(L):

@@ -95,11 +95,37 @@ def _f16_planes(buf: np.ndarray, lo_off: int, hi_off: int, count: int) -> np.nda
     return (lo | (hi << 8)).view(np.float16).astype(np.float64)
 
 
+def _rotate(val: np.ndarray, b: int) -> np.ndarray:
+    """Rows of val [r, K] (float64) times the block-diagonal Hadamard matrix: each group of b
+    features (b a power of 4) -> its Walsh-Hadamard transform (Sylvester order, butterflies
+    h = 1, 2, 4, ...: pair (i, i + h) -> (x_i + x_{i+h}, x_i - x_{i+h})), times 1/sqrt(b) (a
+    power of two: exact). Orthonormal and symmetric: the graph multiplies the activations by
+    the same matrix, so x . w is unchanged while one large feature is spread over b."""
+    r, k = val.shape
+    x = val.reshape(r, k // b, b)
+    h = 1
+    while h < b:
+        x = x.reshape(r, k // b, b // (2 * h), 2, h)
+        x = np.stack([x[..., 0, :] + x[..., 1, :], x[..., 0, :] - x[..., 1, :]], axis=-2)
+        h *= 2
+    return x.reshape(r, k) * (1.0 / np.sqrt(b))
+
+
+def rotation_block(t: dict) -> int:
+    """An int8 entry's `rotate` (0: none); anything but a power of 4 dividing k is refused."""
+    b = t.get("rotate", 0)
+    if b and (b & (b - 1) or b.bit_length() % 2 == 0 or t["k"] % b):
+        raise BundleCorrupt(f"{t['op']} rotate {b!r} for k {t['k']}: this runtime reads powers "
+                            f"of 4 dividing k; rebuild the bundle or update SmolChat")
+    return b
+
+
 def _write_int8(t: dict, val: np.ndarray, out: np.ndarray, r0: int, r1: int) -> None:
     """Rows r0:r1 of the values [N, K] (float64) -> int8 [K, N] at dst, per column float32
     scale s = fround(max_k |value| / 127) (1 if 0) at dst_scale; with `float_rows` (input
     features k), also float32 [F, N] = fround(value[:, k]) at dst_float, and when
-    float_rows_int8 == "zero" those rows of the int8 table are 0 and outside the max."""
+    float_rows_int8 == "zero" those values are 0 in what follows; with `rotate` b, the values
+    are then rotated (_rotate) before the scale and the int8 rounding."""
     n, k = t["n"], t["k"]
     fr = t.get("float_rows")
     if fr:
@@ -108,6 +134,9 @@ def _write_int8(t: dict, val: np.ndarray, out: np.ndarray, r0: int, r1: int) -> 
         if t["float_rows_int8"] == "zero":
             val = val.copy()
             val[:, fr] = 0.0
+    b = rotation_block(t)
+    if b:
+        val = _rotate(val, b)
     dst = out[t["dst"]:t["dst"] + n * k].view(np.int8).reshape(k, n)
     scale = out[t["dst_scale"]:t["dst_scale"] + 4 * n].view(np.float32)
     sc = (np.abs(val).max(axis=1) / 127.0).astype(np.float32)

@@ -270,11 +270,22 @@ _MATS = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_pro
          "o": "self_attn.o_proj", "g": "mlp.gate_proj", "u": "mlp.up_proj", "d": "mlp.down_proj"}
 
 
+def _rotated(val: np.ndarray, b: int) -> np.ndarray:
+    """val [N, K] times the block-diagonal Sylvester Hadamard matrix / sqrt(b), by matrix
+    product (the runtimes use butterflies): README's `rotate`."""
+    h = np.ones((1, 1))
+    while h.shape[0] < b:
+        h = np.block([[h, h], [h, -h]])
+    n, k = val.shape
+    return (val.reshape(n, k // b, b) @ (h / np.sqrt(b))).reshape(n, k)
+
+
 def test_compact_layers_keep_the_gguf_values_and_float_rows(tiny_bundles, tiny_reference):
     """compact's layer matrices are the GGUF's Q4_1 values (the reference's weights) exactly:
-    the float32 rows of each matrix's float features equal them bit for bit, those rows are 0
-    in the int8 table, every other weight is within half an int8 step of them; and the graph
-    gathers exactly those features for each matrix's float product."""
+    the float32 rows of each matrix's float features equal them bit for bit; the int8 table
+    holds the other features' values, rotated by the block Hadamard matrix, each within half
+    an int8 step; and the graph gathers exactly those features for each matrix's float
+    product, and rotates the rest by the same matrix before quantizing."""
     import onnx
     from onnx import numpy_helper
     d = tiny_bundles["compact"]
@@ -291,9 +302,12 @@ def test_compact_layers_keep_the_gguf_values_and_float_rows(tiny_bundles, tiny_r
         np.testing.assert_array_equal(fl, w[:, fr].T)
         i8 = data[t["dst"]:t["dst"] + n * k].view(np.int8).reshape(k, n).astype(np.float64)
         s = data[t["dst_scale"]:t["dst_scale"] + 4 * n].view(np.float32).astype(np.float64)
-        assert not i8[fr].any()
-        rest = np.setdiff1d(np.arange(k), fr)
-        assert (np.abs(i8[rest] * s - w.T[rest]) <= s / 2 * (1 + 1e-9)).all()
+        assert t["rotate"] == 64
+        rest = w.astype(np.float64).copy()
+        rest[:, fr] = 0
+        want = _rotated(rest, 64).T                                  # [K, N]
+        assert (np.abs(i8 * s - want) <= s / 2 * (1 + 1e-9)).all()
+        assert np.abs(i8).max() == 127
     g = onnx.load(str(Path(d) / "model.onnx"), load_external_data=False).graph
     consts = {i.name: i for i in g.initializer}
     made_by = {o: nd for nd in g.node for o in nd.output}
@@ -306,20 +320,30 @@ def test_compact_layers_keep_the_gguf_values_and_float_rows(tiny_bundles, tiny_r
             assert numpy_helper.to_array(consts[gather.input[1]]).tolist() == rows[nd.input[1]]
             seen.add(nd.input[1])
     assert seen == set(rows)  # the LM head's (the embedding's) included
+    # every int8 product reads a rotated input: MatMulIntegerToFloat <- Cast <- Add <- Round <-
+    # Div(x, scale), x = Reshape(MatMul(Reshape(..), Hadamard [64, 64]))
+    for nd in g.node:
+        if nd.op_type == "MatMulIntegerToFloat":
+            x = made_by[made_by[made_by[made_by[made_by[nd.input[0]].input[0]].input[0]].input[0]].input[0]]
+            assert x.op_type == "Reshape" and made_by[x.input[0]].op_type == "MatMul"
+            hb = made_by[made_by[x.input[0]].input[1]]       # Reshape(Mul(a, b)): the Kronecker
+            a, b = (numpy_helper.to_array(consts[c]) for c in made_by[hb.input[0]].input)
+            np.testing.assert_array_equal((a * b).reshape(64, 64), _rotated(np.eye(64), 64))
 
 
 def test_embedding_int8_columns_are_the_lm_heads_float_rows(tiny_bundles):
     """compact's embedding keeps its columns at the LM head's float features as int8 per
-    column (int8_cols == float_rows): the float32 rows the LM head multiplies in float are
-    exactly cols_scale[i] * cols_q[i, n], and the int8 table the input Gather reads is within
-    half an int8 step of them."""
+    column (int8_cols == float_rows): the float32 rows the LM head and the input Gather
+    multiply in float are exactly cols_scale[i] * cols_q[i, n]; the int8 table leaves them
+    out (zero before the rotation), and the input path (int8 row * scale, rotated back, plus
+    the float rows at their features) gives each column within an int8 step of them."""
     from smolchat.runtime_form import download_form
     d = tiny_bundles["compact"]
     man = read_manifest(d)
     rt = man["runtime"]
     t = next(t for t in rt["tensors"] if t["op"] == "q4c_i8")
     n, k, cols = t["n"], t["k"], t["int8_cols"]
-    assert cols == t["float_rows"] and len(cols) == 8 and t["float_rows_int8"] == "keep"
+    assert cols == t["float_rows"] and len(cols) == 8 and t["float_rows_int8"] == "zero"
     form = download_form(rt, (Path(d) / rt["weights_file"]).read_bytes())
     xq = form[t["src"]["cols_q"]:t["src"]["cols_q"] + len(cols) * n].view(np.int8).reshape(-1, n)
     xs = form[t["src"]["cols_scale"]:t["src"]["cols_scale"] + 4 * len(cols)].view(np.float32)
@@ -328,28 +352,35 @@ def test_embedding_int8_columns_are_the_lm_heads_float_rows(tiny_bundles):
     data = expand_runtime_data(d, man)
     fl = data[t["dst_float"]:t["dst_float"] + 4 * len(cols) * n].view(np.float32).reshape(-1, n)
     np.testing.assert_array_equal(fl, want)
-    i8 = data[t["dst"]:t["dst"] + n * k].view(np.int8).reshape(k, n)[cols].astype(np.float64)
+    i8 = data[t["dst"]:t["dst"] + n * k].view(np.int8).reshape(k, n).astype(np.float64)
     s = data[t["dst_scale"]:t["dst_scale"] + 4 * n].view(np.float32).astype(np.float64)
-    assert (np.abs(i8 * s - want) <= s / 2 * (1 + 1e-9)).all()
+    back = _rotated((i8 * s).T, t["rotate"])                     # [N, K]: the Gather's rows
+    assert (np.abs(back[:, cols]) <= s[:, None] / 2 * np.sqrt(t["rotate"])).all()  # ~0: left out
+    back[:, cols] += fl.T
+    assert (np.abs(back[:, cols] - want.T) <= s[:, None] / 2 * np.sqrt(t["rotate"])).all()
 
 
-def test_stale_embedding_layout_is_refused(tiny_bundles, tmp_path):
-    """An embedding entry in a layout this runtime does not read (an older bundle's "a4t4")
-    fails in both runtimes with a bundle_corrupt error saying what to do, instead of
-    expanding to wrong weights."""
+@pytest.mark.parametrize("op,field,value,says", [
+    ("q4c_i8", "params", "a4t4", "q4c_i8 params"),  # an older bundle's embedding layout
+    ("q4_1_i8", "rotate", 32, "q4_1_i8 rotate 32"),   # not a power of 4: no exact 1/sqrt(b)
+    ("q4c_i8", "rotate", 128, "q4c_i8 rotate 128"),   # does not divide k = 64
+])
+def test_unreadable_entry_is_refused(tiny_bundles, tmp_path, op, field, value, says):
+    """An int8 entry in a layout this runtime does not read fails in both runtimes with a
+    bundle_corrupt error saying what to do, instead of expanding to wrong weights."""
     d = tmp_path / "stale"
     shutil.copytree(tiny_bundles["compact"], d)
     man = json.loads((d / "manifest.json").read_text())
-    next(t for t in man["runtime"]["tensors"] if t["op"] == "q4c_i8")["params"] = "a4t4"
+    next(t for t in man["runtime"]["tensors"] if t["op"] == op)[field] = value
     (d / "manifest.json").write_text(json.dumps(man))
-    with pytest.raises(BundleCorrupt, match="rebuild the bundle or update SmolChat"):
+    with pytest.raises(BundleCorrupt, match=f"{says}.*rebuild the bundle or update SmolChat"):
         expand_runtime_data(d, man, check=False)
     if shutil.which("node") is None:
         pytest.skip("node is not installed")
     r = subprocess.run(["node", str(ROOT / "tests" / "build" / "expand_node.mjs"), str(d),
                         (ROOT / "web" / "src" / "runtime_form.js").as_uri()],
                        capture_output=True, text=True, timeout=300)
-    assert r.returncode != 0 and "bundle_corrupt: q4c_i8 params" in r.stderr
+    assert r.returncode != 0 and f"bundle_corrupt: {says}" in r.stderr
 
 
 def test_embedding_rows_in_three_precisions(tiny_bundles):
@@ -386,6 +417,6 @@ def test_embedding_rows_in_three_precisions(tiny_bundles):
             assert row < coarse or nib.max() <= 7
             lv = (L if row < coarse else C)[nib]
         val = col[row] * A[np.repeat(a, 32)] * lv
-        for i, f in enumerate(t["int8_cols"]):
-            val[f] = f32(s["cols_scale"], 8)[i] * form[s["cols_q"] + i * n + row].astype(np.int8)
+        val[t["int8_cols"]] = 0  # float features (float32 rows): out of the int8 table
+        val = _rotated(val[None], t["rotate"])[0]
         assert (np.abs(i8[:, row] * sc[row] - val) <= sc[row] / 2 * (1 + 1e-9)).all(), row

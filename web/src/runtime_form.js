@@ -61,132 +61,129 @@ function halfTable() {
   return HALF;
 }
 
-// float16 values stored as two byte planes (low bytes at lo, high bytes at hi) -> Float64Array.
-function f16Planes(w, lo, hi, count) {
+// Work arrays reused from one tensor to the next (keyed by use, grown when too short): a load
+// expands ~200 tensors, and fresh typed arrays per tensor (the q4_1 block parameters alone are
+// ~60 MB over the model) are garbage that the GC frees late, at the load's memory peak.
+const POOL = new Map();
+function pooled(Type, key, count) {
+  let a = POOL.get(key);
+  if (!a || a.length < count) { a = new Type(count); POOL.set(key, a); }
+  return a.subarray(0, count);
+}
+
+// float16 values stored as two byte planes (low bytes at lo, high bytes at hi) -> Float64Array
+// (a pooled array under `key`).
+function f16Planes(w, lo, hi, count, key) {
   const half = halfTable();
-  const out = new Float64Array(count);
+  const out = pooled(Float64Array, key, count);
   for (let i = 0; i < count; i++) out[i] = half[w[lo + i] | (w[hi + i] << 8)];
   return out;
 }
 
-// Shared by q4c_i8 and q4_1_i8: 4-bit codes (nibbles, row n = output feature, in k order) whose
-// value in block j of row n is table[j * 16 + code]; blockValues(n, table) fills the row's
-// table (float64). -> int8 [K, N] at dst with per-column float32 scale
-// s[n] = fround(max |value| / 127) (1 if 0) at dst_scale, int8 = clamp(floor(v / s + 0.5));
-// with float_rows (input features k): float32 [F, N] = fround(value[n, k]) at dst_float, and
-// when float_rows_int8 is "zero" those rows of the int8 table are 0 and outside the max.
-// cols (q4c_i8's int8_cols): {ks: input features k, value(n, i)}: value[n, ks[i]] is
-// value(n, i) (float64), not the code's; their codes are left out of the max.
-// A block has 16 possible values, so each is computed once per block (the same float64
-// operations as per element, so the same bits): value table -> the column's max over the codes
-// that occur -> s -> int8 table. Columns go in batches of Q4C_BATCH so the [K, N] writes fill
-// contiguous runs of a row instead of striding N bytes per element.
-const Q4C_BATCH = 64;
-
-// The int8 rule of both paths: a column's scale from its max |value|, and one value's int8.
+// The int8 rule: a column's scale from its max |value|, and one value's int8.
 const i8Scale = (amax) => Math.fround(amax / 127) || 1;
 function toI8(v, s) {
   const q = Math.floor(v / s + 0.5);
   return q > 127 ? 127 : q < -127 ? -127 : q;
 }
 
-function nibblesToI8(t, w, out, outDv, blockValues, cols = null) {
-  const { n: N, k: K, block: QK, src } = t;
-  const nb = K / QK;
-  const dst = new Int8Array(out.buffer, out.byteOffset + t.dst, N * K);
-  const codes = src.codes;
-  const nStart = t.fine_until ?? 0; // q4c_i8: rows before it are fineToI8's; nibbles start there
-  const fr = t.float_rows || [];
-  const zero = t.float_rows_int8 === "zero";
-  const isFloat = new Uint8Array(K);   // 1: a zeroed float row (int8 row 0, outside the max)
-  const colOf = new Int16Array(K).fill(-1); // i of an int8_cols feature k, else -1
-  const blockSkip = new Uint8Array(nb); // the block has codes to leave out of the max
-  if (zero) for (const f of fr) { isFloat[f] = 1; blockSkip[(f / QK) | 0] = 1; }
-  const ks = cols ? cols.ks : [];
-  ks.forEach((k, i) => { colOf[k] = i; blockSkip[(k / QK) | 0] = 1; });
-  const per = nb * 16; // table entries per column
-  const value = new Float64Array(per);
-  const qtab = new Int8Array(Q4C_BATCH * per);
-  const colVal = new Float64Array(Q4C_BATCH * ks.length); // [b, i]: the int8_cols values
-  const scale = new Float64Array(Q4C_BATCH);
-  for (let n0 = nStart; n0 < N; n0 += Q4C_BATCH) {
-    const nn = Math.min(Q4C_BATCH, N - n0);
-    for (let b = 0; b < nn; b++) {
-      const n = n0 + b;
-      blockValues(n, value);
-      let amax = 0;
-      for (let j = 0; j < nb; j++) {
-        // which of the 16 codes occur in this block (QK even, block starts on a byte)
-        let seen = 0;
-        const first = codes + (((n - nStart) * K + j * QK) >> 1);
-        if (blockSkip[j]) { // leave the float rows' and the int8_cols' codes out
-          const k0 = j * QK;
-          for (let i = 0; i < QK >> 1; i++) {
-            const by = w[first + i];
-            const k = k0 + 2 * i;
-            if (!isFloat[k] && colOf[k] < 0) seen |= 1 << (by & 15);
-            if (!isFloat[k + 1] && colOf[k + 1] < 0) seen |= 1 << (by >> 4);
-          }
-        } else {
-          for (let i = 0; i < QK >> 1; i++) { const by = w[first + i]; seen |= (1 << (by & 15)) | (1 << (by >> 4)); }
-        }
-        for (let c = 0; c < 16; c++) {
-          if (seen & (1 << c)) { const av = Math.abs(value[j * 16 + c]); if (av > amax) amax = av; }
-        }
-      }
-      for (let i = 0; i < ks.length; i++) {
-        const v = cols.value(n, i);
-        colVal[b * ks.length + i] = v;
-        if (!isFloat[ks[i]] && Math.abs(v) > amax) amax = Math.abs(v);
-      }
-      const s = i8Scale(amax);
-      scale[b] = s;
-      for (let e = 0; e < per; e++) qtab[b * per + e] = toI8(value[e], s);
-      outDv.setFloat32(t.dst_scale + 4 * n, s, true);
-      fr.forEach((f, i) => {
-        const v = colOf[f] >= 0 ? colVal[b * ks.length + colOf[f]]
-          : value[((f / QK) | 0) * 16 + nibble(w, codes, (n - nStart) * K + f)];
-        outDv.setFloat32(t.dst_float + 4 * (i * N + n), v, true);
-      });
+// `rotate` (a power of 4, 0: none): checked before any work, as the numpy runtime does.
+function rotationBlock(t) {
+  const b = t.rotate ?? 0;
+  if (b && ((b & (b - 1)) || Math.log2(b) % 2 || t.k % b)) {
+    throw new Error(`bundle_corrupt: ${t.op} rotate ${JSON.stringify(t.rotate)} for k ${t.k}: this runtime reads powers of 4 dividing k; rebuild the bundle or update SmolChat`);
+  }
+  return b;
+}
+
+// v (float64 [K]) times the block-diagonal Hadamard matrix, unscaled, in place: each group of b
+// features -> its Walsh-Hadamard transform (butterflies h = 1, 2, 4, ...: (x_i, x_{i+h}) ->
+// (x_i + x_{i+h}, x_i - x_{i+h})); the caller scales by 1/sqrt(b) (a power of two: exact). Each
+// output is the same sum of the same two inputs whatever order the butterflies run in, so
+// the numpy runtime's _rotate gives the same bits. b = 64 (what the build writes) runs as two
+// passes of 8-point transforms held in locals (h = 1, 2, 4 on runs of 8; h = 8, 16, 32 on
+// stride 8); other sizes, stage by stage.
+function fwht8(v, i, st) {
+  const x0 = v[i], x1 = v[i + st], x2 = v[i + 2 * st], x3 = v[i + 3 * st];
+  const x4 = v[i + 4 * st], x5 = v[i + 5 * st], x6 = v[i + 6 * st], x7 = v[i + 7 * st];
+  const a0 = x0 + x1, a1 = x0 - x1, a2 = x2 + x3, a3 = x2 - x3;
+  const a4 = x4 + x5, a5 = x4 - x5, a6 = x6 + x7, a7 = x6 - x7;
+  const b0 = a0 + a2, b2 = a0 - a2, b1 = a1 + a3, b3 = a1 - a3;
+  const b4 = a4 + a6, b6 = a4 - a6, b5 = a5 + a7, b7 = a5 - a7;
+  v[i] = b0 + b4; v[i + 4 * st] = b0 - b4; v[i + st] = b1 + b5; v[i + 5 * st] = b1 - b5;
+  v[i + 2 * st] = b2 + b6; v[i + 6 * st] = b2 - b6; v[i + 3 * st] = b3 + b7; v[i + 7 * st] = b3 - b7;
+}
+
+function rotate(v, b) {
+  for (let j0 = 0; j0 < v.length; j0 += b) {
+    if (b === 64) {
+      for (let i = j0; i < j0 + 64; i += 8) fwht8(v, i, 1);
+      for (let i = j0; i < j0 + 8; i++) fwht8(v, i, 8);
+      continue;
     }
-    for (let k = 0; k < K && !t.skip_int8; k++) {
-      const j16 = ((k / QK) | 0) * 16;
-      const row = k * N + n0;
-      if (isFloat[k]) { dst.fill(0, row, row + nn); continue; }
-      if (colOf[k] >= 0) {
-        for (let b = 0; b < nn; b++) dst[row + b] = toI8(colVal[b * ks.length + colOf[k]], scale[b]);
-        continue;
-      }
-      for (let b = 0; b < nn; b++) {
-        const idx = (n0 + b - nStart) * K + k;
-        const by = w[codes + (idx >> 1)];
-        dst[row + b] = qtab[b * per + j16 + (idx & 1 ? by >> 4 : by & 15)];
+    for (let h = 1; h < b; h <<= 1) {
+      for (let i = j0; i < j0 + b; i += 2 * h) {
+        for (let x = i; x < i + h; x++) { const p = v[x], q = v[x + h]; v[x] = p + q; v[x + h] = p - q; }
       }
     }
   }
 }
 
-// q4c_i8's rows n < fine_until (few: the simple way, element by element, the same operations as
-// nibblesToI8): rowValues(n, v) fills v[k] for every k -> int8 column n of [K, N], its scale,
-// its float rows.
-function fineToI8(t, out, outDv, rowValues, cols) {
+// Shared by q4c_i8 and q4_1_i8: rowValues(n, v) fills v[k] (float64) = value[n, k] for every
+// input feature k of output feature n. -> float32 [F, N] = fround(value[n, f]) at dst_float
+// for the float_rows f (and, when float_rows_int8 is "zero", value 0 there from then on);
+// with `rotate` b, v rotated (above); int8 [K, N] at dst with per-column float32 scale
+// s[n] = fround(max |v| / 127) (1 if 0) at dst_scale, int8 = clamp(floor(v / s + 0.5)).
+// Rows go in batches of ROW_BATCH so the [K, N] writes fill contiguous runs of a row instead
+// of striding N bytes per element.
+const ROW_BATCH = 64;
+
+function rowsToI8(t, out, outDv, rowValues) {
   const { n: N, k: K } = t;
+  const b = rotationBlock(t);
+  const inv = b ? 1 / Math.sqrt(b) : 1;
+  const skip = !!t.skip_int8;
   const dst = new Int8Array(out.buffer, out.byteOffset + t.dst, N * K);
   const fr = t.float_rows || [];
   const zero = t.float_rows_int8 === "zero";
-  const isFloat = new Uint8Array(K);
-  if (zero) for (const f of fr) isFloat[f] = 1;
-  const v = new Float64Array(K);
-  for (let n = 0; n < t.fine_until; n++) {
-    rowValues(n, v);
-    if (cols) cols.ks.forEach((k, i) => { v[k] = cols.value(n, i); });
-    let amax = 0;
-    for (let k = 0; k < K; k++) if (!isFloat[k] && Math.abs(v[k]) > amax) amax = Math.abs(v[k]);
-    const s = i8Scale(amax);
-    outDv.setFloat32(t.dst_scale + 4 * n, s, true);
-    fr.forEach((f, i) => outDv.setFloat32(t.dst_float + 4 * (i * N + n), v[f], true));
-    if (t.skip_int8) continue;
-    for (let k = 0; k < K; k++) dst[k * N + n] = isFloat[k] ? 0 : toI8(v[k], s);
+  const v = pooled(Float64Array, "row", K);
+  const q = pooled(Int8Array, "batch", ROW_BATCH * K); // [batch row, k]
+  for (let n0 = 0; n0 < N; n0 += ROW_BATCH) {
+    const nn = Math.min(ROW_BATCH, N - n0);
+    for (let r = 0; r < nn; r++) {
+      const n = n0 + r;
+      rowValues(n, v);
+      for (let i = 0; i < fr.length; i++) {
+        outDv.setFloat32(t.dst_float + 4 * (i * N + n), v[fr[i]], true);
+        if (zero) v[fr[i]] = 0;
+      }
+      if (b) rotate(v, b);
+      let amax = 0;
+      for (let k = 0; k < K; k++) { const a = Math.abs(v[k]); if (a > amax) amax = a; }
+      const s = i8Scale(amax * inv); // (x * inv exact: the same as scaling every value first)
+      outDv.setFloat32(t.dst_scale + 4 * n, s, true);
+      if (skip) continue;
+      for (let k = 0, o = r * K; k < K; k++) q[o + k] = toI8(v[k] * inv, s);
+    }
+    if (skip) continue;
+    for (let k = 0; k < K; k++) {
+      const row = k * N + n0;
+      for (let r = 0; r < nn; r++) dst[row + r] = q[r * K + k];
+    }
+  }
+}
+
+// Row n of a 4-bit code stream (nibbles from `off`, row-major [rows, K]) through a per-block
+// value table: v[k] = table[(k / QK) * 16 + code]. table: the row's 16 values per block.
+function nibbleRow(w, off, row, K, QK, table, v) {
+  const base = off + ((row * K) >> 1); // K even: a row starts on a byte
+  for (let j = 0; j < K / QK; j++) {
+    const j16 = j * 16;
+    for (let i = (j * QK) >> 1; i < ((j + 1) * QK) >> 1; i++) {
+      const by = w[base + i];
+      v[2 * i] = table[j16 + (by & 15)];
+      v[2 * i + 1] = table[j16 + (by >> 4)];
+    }
   }
 }
 
@@ -209,23 +206,25 @@ function q4cI8(t, w, dv, out, outDv) {
   const L = f32Array(dv, src.code_levels, 16);
   const coarseFrom = t.coarse_from ?? N;
   const C = coarseFrom < N ? f32Array(dv, src.coarse_levels, 8) : null;
-  const cols = ks.length ? { ks, value: (n, i) => xs[i] * xq[i * N + n] } : null;
-  if (t.fine_until) {
-    const F = f32Array(dv, src.fine_levels, 32);
-    fineToI8(t, out, outDv, (n, v) => {
+  const fine = t.fine_until ?? 0; // rows before it: one 5-bit code per byte; nibbles start there
+  const F = fine ? f32Array(dv, src.fine_levels, 32) : null;
+  const table = pooled(Float64Array, "table", nb * 16);
+  rowsToI8(t, out, outDv, (n, v) => {
+    if (n < fine) {
       for (let j = 0; j < nb; j++) {
         const d = col[n] * A[nibble(w, src.params, n * nb + j)];
         for (let k = j * QK; k < (j + 1) * QK; k++) v[k] = d * F[w[src.fine_codes + n * K + k]];
       }
-    }, cols);
-  }
-  nibblesToI8(t, w, out, outDv, (n, value) => {
-    const lv = n >= coarseFrom ? C : L;
-    for (let j = 0; j < nb; j++) {
-      const d = col[n] * A[nibble(w, src.params, n * nb + j)];
-      for (let c = 0; c < 16; c++) value[j * 16 + c] = c < lv.length ? d * lv[c] : 0;
+    } else {
+      const lv = n >= coarseFrom ? C : L;
+      for (let j = 0; j < nb; j++) {
+        const d = col[n] * A[nibble(w, src.params, n * nb + j)];
+        for (let c = 0; c < 16; c++) table[j * 16 + c] = c < lv.length ? d * lv[c] : 0;
+      }
+      nibbleRow(w, src.codes, n - fine, K, QK, table, v);
     }
-  }, cols);
+    for (let i = 0; i < ks.length; i++) v[ks[i]] = xs[i] * xq[i * N + n];
+  });
 }
 
 // q4_1_i8: value = fround(d * code + m) (the Q4_1 value as float32), d/m float16 per block as
@@ -233,13 +232,15 @@ function q4cI8(t, w, dv, out, outDv) {
 function q41I8(t, w, dv, out, outDv) {
   const { n: N, k: K, block: QK, src } = t;
   const nb = K / QK;
-  const d = f16Planes(w, src.d, src.d_hi, N * nb);
-  const m = f16Planes(w, src.m, src.m_hi, N * nb);
-  nibblesToI8(t, w, out, outDv, (n, value) => {
+  const d = f16Planes(w, src.d, src.d_hi, N * nb, "d");
+  const m = f16Planes(w, src.m, src.m_hi, N * nb, "m");
+  const table = pooled(Float64Array, "table", nb * 16);
+  rowsToI8(t, out, outDv, (n, v) => {
     for (let j = 0; j < nb; j++) {
       const b = n * nb + j;
-      for (let c = 0; c < 16; c++) value[j * 16 + c] = Math.fround(d[b] * c + m[b]);
+      for (let c = 0; c < 16; c++) table[j * 16 + c] = Math.fround(d[b] * c + m[b]);
     }
+    nibbleRow(w, src.codes, n, K, QK, table, v);
   });
 }
 
