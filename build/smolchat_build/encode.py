@@ -6,9 +6,9 @@ Huffman codes take the Q4_1 codes to ~3.88 bits and the float16 block parameters
 byte planes, to ~9.5 bits.
 * exact:   layer matrices as the GGUF's Q4_1 (4-bit codes + fp16 scale d and min m per block
            of 32), embedding as Q8_0; expanded to fp32 [K, N] (bit-equal to the reference).
-* compact: layer matrices exactly as the GGUF's Q4_1 too (op `q4_1_i8`: d and m as byte
+* compact: layer matrices exactly as the GGUF's Q4_1 too (op `q4_1_i8h`: d and m as byte
            planes), expanded to int8 [K, N] + float32 scale [N] per column. The Q8_0 embedding
-           is re-quantized (op `q4c_i8`) to 4-bit codes into 16 fixed levels (NF4's; value =
+           is re-quantized (op `q4c_i8h`) to 4-bit codes into 16 fixed levels (NF4's; value =
            d * L[code]), rows from COARSE_FROM on (the rarer tokens: BPE ids follow merge
            order) to 3-bit codes into 8 levels, rows before FINE_UNTIL (the most frequent) to
            5-bit codes into 32 levels; one 4-bit scale index per block of 32, codes
@@ -17,7 +17,8 @@ byte planes, to ~9.5 bits.
            columns at the LM head's float features are int8 per column (`int8_cols`). Each
            matrix's FLOAT_FEATURES highest-energy input features (calibration) also get their
            weights as float32 rows (`float_rows`): the graph multiplies those features in
-           float32 instead of through the per-token int8 activation quantization.
+           float32 instead of through the per-token int8 activation quantization. The int8
+           tables hold the other features rotated (`rotate`, ROTATE): the "h" in the op names.
 """
 
 from __future__ import annotations
@@ -303,7 +304,7 @@ def encode(ext: list, tensors: dict, preset: str, imp: dict | None = None,
                           "dst": place(t.name, 4 * n * k)})
             continue
         if q.kind == "q4_1":  # the GGUF's values exactly
-            entry = {**head, "op": "q4_1_i8",
+            entry = {**head, "op": "q4_1_i8h",
                      "src": {"codes": wr.add(pack_nibbles(q.codes), "codes")}}
             for f, v in (("d", q.d), ("m", q.m)):
                 lo, hi = f16_planes(v)
@@ -313,7 +314,7 @@ def encode(ext: list, tensors: dict, preset: str, imp: dict | None = None,
                                   int8_cols=fr[:INT8_COLS],
                                   fine_until=min(n, FINE_UNTIL))
             fine = c["fine_until"]
-            entry = {**head, "op": "q4c_i8", "params": "a4",
+            entry = {**head, "op": "q4c_i8h", "params": "a4",
                      "src": {"codes": wr.add(pack_nibbles(c["codes"][fine:]), "emb_codes"),
                              "params": wr.add(pack_nibbles(c["params"]), "params"),
                              "col": wr.add(c["col"]), "a_levels": wr.add(c["A"]),

@@ -112,11 +112,19 @@ def _rotate(val: np.ndarray, b: int) -> np.ndarray:
 
 
 def rotation_block(t: dict) -> int:
-    """An int8 entry's `rotate` (0: none); anything but a power of 4 dividing k is refused."""
+    """An int8 entry's `rotate` b: the "h" ops (q4_1_i8h, q4c_i8h) need a power of 4 dividing
+    k, the others none (0). The rotation is in the op's name so that a runtime that does not
+    rotate refuses the entry as an unknown op instead of expanding it to wrong weights."""
     b = t.get("rotate", 0)
-    if b and (b & (b - 1) or b.bit_length() % 2 == 0 or t["k"] % b):
+    if t["op"].endswith("h"):
+        ok = isinstance(b, int) and b > 0 and not b & (b - 1) and b.bit_length() % 2 == 1 \
+            and t["k"] % b == 0
+    else:
+        ok = not b
+    if not ok:
         raise BundleCorrupt(f"{t['op']} rotate {b!r} for k {t['k']}: this runtime reads powers "
-                            f"of 4 dividing k; rebuild the bundle or update SmolChat")
+                            f"of 4 dividing k (ops ending in h only); rebuild the bundle or "
+                            f"update SmolChat")
     return b
 
 
@@ -155,7 +163,7 @@ def _q4c_i8(t: dict, w: np.ndarray, out: np.ndarray, rows: int = 4096) -> None:
     s = t["src"]
     nb = k // qk
     if t.get("params") != "a4":
-        raise BundleCorrupt(f"q4c_i8 params {t.get('params')!r}: this runtime reads 'a4' "
+        raise BundleCorrupt(f"{t['op']} params {t.get('params')!r}: this runtime reads 'a4' "
                             f"only; rebuild the bundle or update SmolChat")
     xc = t.get("int8_cols") or []
     if xc:
@@ -226,7 +234,8 @@ def _copy(t: dict, w: np.ndarray, out: np.ndarray) -> None:
     out[t["dst"]:t["dst"] + t["bytes"]] = w[t["src"]:t["src"] + t["bytes"]]
 
 
-OPS = {"q4c_i8": _q4c_i8, "q4_1_i8": _q4_1_i8, "q4_1_f32": _q4_1_f32, "q8_0_f32": _q8_0_f32, "copy": _copy}
+OPS = {"q4c_i8": _q4c_i8, "q4_1_i8": _q4_1_i8, "q4c_i8h": _q4c_i8, "q4_1_i8h": _q4_1_i8,
+       "q4_1_f32": _q4_1_f32, "q8_0_f32": _q8_0_f32, "copy": _copy}
 
 
 def download_form(runtime: dict, file_bytes: bytes) -> np.ndarray:

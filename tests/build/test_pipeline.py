@@ -292,7 +292,7 @@ def test_compact_layers_keep_the_gguf_values_and_float_rows(tiny_bundles, tiny_r
     man = read_manifest(d)
     data = expand_runtime_data(d, man)
     sd = tiny_reference.state_dict()
-    layers = [t for t in man["runtime"]["tensors"] if t["op"] == "q4_1_i8"]
+    layers = [t for t in man["runtime"]["tensors"] if t["op"] == "q4_1_i8h"]
     assert len(layers) == 7 * tiny_reference.config.num_hidden_layers
     for t in layers:
         n, k, fr = t["n"], t["k"], t["float_rows"]
@@ -341,7 +341,7 @@ def test_embedding_int8_columns_are_the_lm_heads_float_rows(tiny_bundles):
     d = tiny_bundles["compact"]
     man = read_manifest(d)
     rt = man["runtime"]
-    t = next(t for t in rt["tensors"] if t["op"] == "q4c_i8")
+    t = next(t for t in rt["tensors"] if t["op"] == "q4c_i8h")
     n, k, cols = t["n"], t["k"], t["int8_cols"]
     assert cols == t["float_rows"] and len(cols) == 8 and t["float_rows_int8"] == "zero"
     form = download_form(rt, (Path(d) / rt["weights_file"]).read_bytes())
@@ -361,9 +361,11 @@ def test_embedding_int8_columns_are_the_lm_heads_float_rows(tiny_bundles):
 
 
 @pytest.mark.parametrize("op,field,value,says", [
-    ("q4c_i8", "params", "a4t4", "q4c_i8 params"),  # an older bundle's embedding layout
-    ("q4_1_i8", "rotate", 32, "q4_1_i8 rotate 32"),   # not a power of 4: no exact 1/sqrt(b)
-    ("q4c_i8", "rotate", 128, "q4c_i8 rotate 128"),   # does not divide k = 64
+    ("q4c_i8h", "params", "a4t4", "q4c_i8h params"),  # an older bundle's embedding layout
+    ("q4_1_i8h", "rotate", 32, "q4_1_i8h rotate 32"),   # not a power of 4: no exact 1/sqrt(b)
+    ("q4c_i8h", "rotate", 128, "q4c_i8h rotate 128"),   # does not divide k = 64
+    ("q4_1_i8h", "rotate", 0, "q4_1_i8h rotate 0"),     # a rotated op without its block
+    ("q4_1_i8h", "op", "q4_1_i8", "q4_1_i8 rotate 64"),  # rotated weights under the plain op
 ])
 def test_unreadable_entry_is_refused(tiny_bundles, tmp_path, op, field, value, says):
     """An int8 entry in a layout this runtime does not read fails in both runtimes with a
@@ -392,7 +394,7 @@ def test_embedding_rows_in_three_precisions(tiny_bundles):
     d = tiny_bundles["compact"]
     man = read_manifest(d)
     rt = man["runtime"]
-    t = next(t for t in rt["tensors"] if t["op"] == "q4c_i8")
+    t = next(t for t in rt["tensors"] if t["op"] == "q4c_i8h")
     n, k, s = t["n"], t["k"], t["src"]
     fine, coarse = t["fine_until"], t["coarse_from"]
     assert 0 < fine < coarse < n

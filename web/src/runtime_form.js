@@ -87,11 +87,16 @@ function toI8(v, s) {
   return q > 127 ? 127 : q < -127 ? -127 : q;
 }
 
-// `rotate` (a power of 4, 0: none): checked before any work, as the numpy runtime does.
+// `rotate` b: the "h" ops (q4_1_i8h, q4c_i8h) need a power of 4 dividing k, the others none (0).
+// The rotation is in the op's name so that a runtime that does not rotate refuses the entry as
+// an unknown op instead of expanding it to wrong weights. Checked as the numpy runtime does.
 function rotationBlock(t) {
   const b = t.rotate ?? 0;
-  if (b && ((b & (b - 1)) || Math.log2(b) % 2 || t.k % b)) {
-    throw new Error(`bundle_corrupt: ${t.op} rotate ${JSON.stringify(t.rotate)} for k ${t.k}: this runtime reads powers of 4 dividing k; rebuild the bundle or update SmolChat`);
+  const ok = t.op.endsWith("h")
+    ? Number.isInteger(b) && b > 0 && !(b & (b - 1)) && Math.log2(b) % 2 === 0 && t.k % b === 0
+    : !b;
+  if (!ok) {
+    throw new Error(`bundle_corrupt: ${t.op} rotate ${JSON.stringify(t.rotate)} for k ${t.k}: this runtime reads powers of 4 dividing k (ops ending in h only); rebuild the bundle or update SmolChat`);
   }
   return b;
 }
@@ -196,7 +201,7 @@ function q4cI8(t, w, dv, out, outDv) {
   const { n: N, k: K, block: QK, src } = t;
   const nb = K / QK;
   if (t.params !== "a4") {
-    throw new Error(`bundle_corrupt: q4c_i8 params ${JSON.stringify(t.params)}: this runtime reads "a4" only; rebuild the bundle or update SmolChat`);
+    throw new Error(`bundle_corrupt: ${t.op} params ${JSON.stringify(t.params)}: this runtime reads "a4" only; rebuild the bundle or update SmolChat`);
   }
   const ks = t.int8_cols || [];
   const xs = ks.length ? f32Array(dv, src.cols_scale, ks.length) : null;
@@ -275,7 +280,7 @@ function copy(t, w, dv, out) {
   out.set(w.subarray(t.src, t.src + t.bytes), t.dst);
 }
 
-const OPS = { q4c_i8: q4cI8, q4_1_i8: q41I8, q4_1_f32: q41F32, q8_0_f32: q80F32, copy };
+const OPS = { q4c_i8: q4cI8, q4_1_i8: q41I8, q4c_i8h: q4cI8, q4_1_i8h: q41I8, q4_1_f32: q41F32, q8_0_f32: q80F32, copy };
 
 /**
  * The download form the ops read, from weights.bin as stored: inflated when
@@ -342,7 +347,7 @@ export function expandRuntimeData(manifest, weightsBytes, options = {}) {
  */
 export function regionsOf(t) {
   switch (t.op) {
-    case "q4c_i8": case "q4_1_i8": {
+    case "q4c_i8": case "q4_1_i8": case "q4c_i8h": case "q4_1_i8h": {
       const parts = [{ start: t.dst, bytes: t.n * t.k }, { start: t.dst_scale, bytes: 4 * t.n }];
       if (t.float_rows && t.float_rows.length) parts.push({ start: t.dst_float, bytes: 4 * t.float_rows.length * t.n });
       return parts;
