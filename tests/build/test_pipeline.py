@@ -385,6 +385,25 @@ def test_unreadable_entry_is_refused(tiny_bundles, tmp_path, op, field, value, s
     assert r.returncode != 0 and f"bundle_corrupt: {says}" in r.stderr
 
 
+def test_other_bundle_format_is_refused(tiny_bundles, tmp_path):
+    """A manifest of another format (a later smolchat-bundle/2) is refused by both runtimes
+    before any expansion, with what to do."""
+    d = tmp_path / "next"
+    shutil.copytree(tiny_bundles["compact"], d)
+    man = json.loads((d / "manifest.json").read_text())
+    man["format"] = "smolchat-bundle/2"
+    (d / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(BundleCorrupt, match="smolchat-bundle/2.*rebuild the bundle"):
+        read_manifest(d)
+    if shutil.which("node") is None:
+        pytest.skip("node is not installed")
+    r = subprocess.run(["node", str(ROOT / "tests" / "build" / "expand_node.mjs"), str(d),
+                        (ROOT / "web" / "src" / "runtime_form.js").as_uri()],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0
+    assert 'bundle_corrupt: manifest format "smolchat-bundle/2"' in r.stderr, r.stderr[-500:]
+
+
 def test_embedding_rows_in_three_precisions(tiny_bundles):
     """compact's embedding rows come in three tiers by token id (BPE merge order, so by
     frequency): 5-bit codes (one byte each) before fine_until, 4-bit nibbles, 3-bit nibbles

@@ -20,6 +20,17 @@
 // Plain ES module, no dependencies. downloadForm is async; the other two are synchronous.
 
 export const EXTERNAL_DATA_NAME = "model.data";
+export const FORMAT = "smolchat-bundle/1"; // the manifest format this runtime reads (as runtime_form.py)
+
+// manifest (the whole manifest.json, whose `format` is checked) or its `runtime` section -> the
+// runtime section. A bundle of another format is refused before any work.
+function runtimeOf(manifest) {
+  if (manifest.runtime === undefined) return manifest;
+  if (manifest.format !== FORMAT) {
+    throw new Error(`bundle_corrupt: manifest format ${JSON.stringify(manifest.format)}, this runtime reads ${FORMAT}: rebuild the bundle or update SmolChat`);
+  }
+  return manifest.runtime;
+}
 
 const POW2 = (e) => Math.pow(2, e);
 
@@ -291,7 +302,7 @@ const OPS = { q4c_i8: q4cI8, q4_1_i8: q41I8, q4c_i8h: q4cI8, q4_1_i8h: q41I8, q4
  * @returns {Promise<Uint8Array>} manifest.runtime.weights_raw_bytes long
  */
 export async function downloadForm(manifest, fileBytes) {
-  const rt = manifest.runtime ?? manifest;
+  const rt = runtimeOf(manifest);
   const encoding = rt.weights_encoding ?? "raw";
   if (encoding === "raw") return fileBytes;
   if (encoding !== "zlib") throw new Error(`bundle_corrupt: unknown weights_encoding ${encoding}: update SmolChat`);
@@ -325,7 +336,7 @@ export async function downloadForm(manifest, fileBytes) {
  * @returns {Uint8Array} model.data, manifest.runtime.expanded_bytes long
  */
 export function expandRuntimeData(manifest, weightsBytes, options = {}) {
-  const rt = manifest.runtime ?? manifest;
+  const rt = runtimeOf(manifest);
   if (!(weightsBytes instanceof Uint8Array)) throw new TypeError("weightsBytes must be a Uint8Array");
   const out = new Uint8Array(rt.expanded_bytes);
   const dv = new DataView(weightsBytes.buffer, weightsBytes.byteOffset, weightsBytes.byteLength);
@@ -401,7 +412,7 @@ function expandTensor(t, w, dv, scratch, smallOnly = false) {
  * @returns {Uint8Array & {stats: {reads: number, partial: number, expansions: number, small_passes: number, bytes: number}}}
  */
 export function runtimeDataSource(manifest, weightsBytes) {
-  const rt = manifest.runtime ?? manifest;
+  const rt = runtimeOf(manifest);
   if (!(weightsBytes instanceof Uint8Array)) throw new TypeError("weightsBytes must be a Uint8Array");
   const dv = new DataView(weightsBytes.buffer, weightsBytes.byteOffset, weightsBytes.byteLength);
   const regions = []; // {start, end, tensor, part}, sorted by start
