@@ -226,19 +226,16 @@ function q4cI8(t, w, dv, out, outDv) {
   const F = fine ? f32Array(dv, src.fine_levels, 32) : null;
   const table = pooled(Float64Array, "table", nb * 16);
   rowsToI8(t, out, outDv, (n, v) => {
-    if (n < fine) {
-      for (let j = 0; j < nb; j++) {
-        const d = col[n] * A[nibble(w, src.params, n * nb + j)];
+    const lv = n >= coarseFrom ? C : L;
+    for (let j = 0; j < nb; j++) {
+      const d = col[n] * A[nibble(w, src.params, n * nb + j)]; // the block's scale
+      if (n < fine) {
         for (let k = j * QK; k < (j + 1) * QK; k++) v[k] = d * F[w[src.fine_codes + n * K + k]];
-      }
-    } else {
-      const lv = n >= coarseFrom ? C : L;
-      for (let j = 0; j < nb; j++) {
-        const d = col[n] * A[nibble(w, src.params, n * nb + j)];
+      } else {
         for (let c = 0; c < 16; c++) table[j * 16 + c] = c < lv.length ? d * lv[c] : 0;
       }
-      nibbleRow(w, src.codes, n - fine, K, QK, table, v);
     }
+    if (n >= fine) nibbleRow(w, src.codes, n - fine, K, QK, table, v);
     for (let i = 0; i < ks.length; i++) v[ks[i]] = xs[i] * xq[i * N + n];
   });
 }
