@@ -196,17 +196,34 @@ def _q4c_i8(t: dict, w: np.ndarray, out: np.ndarray, rows: int = 4096) -> None:
         _write_int8(t, val, out, r0, r1)
 
 
+def zero_codes(d: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """Q4_1 blocks' zero codes: the code nearest the value 0, clamp(floor(-m / d + 0.5), 0, 15)
+    in float64 (8 where d <= 0 or -m / d is not finite), int64 of d's shape. The `q4_1z` ops
+    store each code as (code - z + 8) mod 16: a block's codes cluster around its zero code
+    (the weights are centred on 0), so centred they share one distribution and deflate's
+    Huffman codes take them to ~3.83 bits instead of ~3.87 (0.58 MB over the layers)."""
+    d = np.asarray(d, np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = -np.asarray(m, np.float64) / d
+    ok = (d > 0) & np.isfinite(t)
+    return np.where(ok, np.clip(np.floor(np.where(ok, t, 0) + 0.5), 0, 15), 8).astype(np.int64)
+
+
 def _q4_1_i8(t: dict, w: np.ndarray, out: np.ndarray, rows: int = 4096) -> None:
-    """value = fround(d * code + m) (the Q4_1 value as float32, as the reference has it)."""
+    """value = fround(d * code + m) (the Q4_1 value as float32, as the reference has it); the
+    `q4_1z` op's stored codes are centred: code = (stored + z + 8) mod 16 (zero_codes)."""
     n, k, qk = t["n"], t["k"], t["block"]
     s = t["src"]
     nb = k // qk
     d = _f16_planes(w, s["d"], s["d_hi"], n * nb).reshape(n, nb, 1)
     m = _f16_planes(w, s["m"], s["m_hi"], n * nb).reshape(n, nb, 1)
+    shift = zero_codes(d, m) + 8 if t["op"].startswith("q4_1z") else None
     for r0 in range(0, n, rows):
         r1 = min(n, r0 + rows)
-        codes = _nibbles(w, s["codes"] + r0 * k // 2, (r1 - r0) * k)
-        codes = codes.reshape(r1 - r0, nb, qk).astype(np.float64)
+        codes = _nibbles(w, s["codes"] + r0 * k // 2, (r1 - r0) * k).reshape(r1 - r0, nb, qk)
+        if shift is not None:
+            codes = (codes + shift[r0:r1]) & 15
+        codes = codes.astype(np.float64)
         val = (d[r0:r1] * codes + m[r0:r1]).astype(np.float32).astype(np.float64)
         _write_int8(t, val.reshape(r1 - r0, k), out, r0, r1)
 
@@ -235,7 +252,7 @@ def _copy(t: dict, w: np.ndarray, out: np.ndarray) -> None:
 
 
 OPS = {"q4c_i8": _q4c_i8, "q4_1_i8": _q4_1_i8, "q4c_i8h": _q4c_i8, "q4_1_i8h": _q4_1_i8,
-       "q4_1_f32": _q4_1_f32, "q8_0_f32": _q8_0_f32, "copy": _copy}
+       "q4_1z_i8h": _q4_1_i8, "q4_1_f32": _q4_1_f32, "q8_0_f32": _q8_0_f32, "copy": _copy}
 
 
 def download_form(runtime: dict, file_bytes: bytes) -> np.ndarray:

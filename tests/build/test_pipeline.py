@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from smolchat.errors import BundleCorrupt, BundleMissing
-from smolchat.runtime_form import expand_runtime_data, load_session, read_manifest, verify_bundle
+from smolchat.runtime_form import (download_form, expand_runtime_data, load_session, read_manifest,
+                                   verify_bundle)
 from smolchat_build import BuildError
 from smolchat_build import quality as q
 
@@ -292,11 +293,24 @@ def test_compact_layers_keep_the_gguf_values_and_float_rows(tiny_bundles, tiny_r
     man = read_manifest(d)
     data = expand_runtime_data(d, man)
     sd = tiny_reference.state_dict()
-    layers = [t for t in man["runtime"]["tensors"] if t["op"] == "q4_1_i8h"]
+    rt = man["runtime"]
+    form = download_form(rt, (Path(d) / rt["weights_file"]).read_bytes())
+    layers = [t for t in rt["tensors"] if t["op"] == "q4_1z_i8h"]
     assert len(layers) == 7 * tiny_reference.config.num_hidden_layers
     for t in layers:
         n, k, fr = t["n"], t["k"], t["float_rows"]
         w = sd[f"model.layers.{t['name'][1:-1]}.{_MATS[t['name'][-1]]}.weight"].numpy()  # [N, K]
+        # the download form, decoded as README says: d, m float16 byte planes per block of 32,
+        # codes centred on the block's zero code z (stored = (code - z + 8) mod 16)
+        src, nb = t["src"], n * k // 32
+        bd, bm = ((form[src[f]:src[f] + nb].astype(np.uint16)
+                 | form[src[f + "_hi"]:src[f + "_hi"] + nb].astype(np.uint16) << 8)
+                .view(np.float16).astype(np.float64).reshape(n, k // 32, 1) for f in ("d", "m"))
+        z = np.where(bd > 0, np.clip(np.floor(-bm / np.where(bd > 0, bd, 1) + 0.5), 0, 15), 8)
+        packed = form[src["codes"]:src["codes"] + n * k // 2]
+        stored = np.stack([packed & 15, packed >> 4], -1).reshape(n, k // 32, 32)
+        code = (stored + z.astype(np.int64) + 8) & 15
+        np.testing.assert_array_equal((bd * code + bm).astype(np.float32).reshape(n, k), w)
         assert len(fr) == 8 and t["float_rows_int8"] == "zero"
         fl = data[t["dst_float"]:t["dst_float"] + 4 * len(fr) * n].view(np.float32).reshape(-1, n)
         np.testing.assert_array_equal(fl, w[:, fr].T)
@@ -337,7 +351,6 @@ def test_embedding_int8_columns_are_the_lm_heads_float_rows(tiny_bundles):
     multiply in float are exactly cols_scale[i] * cols_q[i, n]; the int8 table leaves them
     out (zero before the rotation), and the input path (int8 row * scale, rotated back, plus
     the float rows at their features) gives each column within an int8 step of them."""
-    from smolchat.runtime_form import download_form
     d = tiny_bundles["compact"]
     man = read_manifest(d)
     rt = man["runtime"]
@@ -360,46 +373,64 @@ def test_embedding_int8_columns_are_the_lm_heads_float_rows(tiny_bundles):
     assert (np.abs(back[:, cols] - want.T) <= s[:, None] / 2 * np.sqrt(t["rotate"])).all()
 
 
+def _edited_copy(tiny_bundles, tmp_path, edit):
+    """A copy of the tiny compact bundle whose manifest `edit(manifest)` changed -> (dir, manifest)."""
+    d = tmp_path / "edited"
+    shutil.copytree(tiny_bundles["compact"], d)
+    man = json.loads((d / "manifest.json").read_text())
+    edit(man)
+    (d / "manifest.json").write_text(json.dumps(man))
+    return d, man
+
+
+def _node_expand(d) -> subprocess.CompletedProcess:
+    """web/src/runtime_form.js expanding bundle `d` in Node (tests/build/expand_node.mjs)."""
+    if shutil.which("node") is None:
+        pytest.skip("node is not installed")
+    return subprocess.run(["node", str(ROOT / "tests" / "build" / "expand_node.mjs"), str(d),
+                           (ROOT / "web" / "src" / "runtime_form.js").as_uri()],
+                          capture_output=True, text=True, timeout=300)
+
+
 @pytest.mark.parametrize("op,field,value,says", [
     ("q4c_i8h", "params", "a4t4", "q4c_i8h params"),  # an older bundle's embedding layout
-    ("q4_1_i8h", "rotate", 32, "q4_1_i8h rotate 32"),   # not a power of 4: no exact 1/sqrt(b)
-    ("q4c_i8h", "rotate", 128, "q4c_i8h rotate 128"),   # does not divide k = 64
-    ("q4_1_i8h", "rotate", 0, "q4_1_i8h rotate 0"),     # a rotated op without its block
-    ("q4_1_i8h", "op", "q4_1_i8", "q4_1_i8 rotate 64"),  # rotated weights under the plain op
+    ("q4_1z_i8h", "rotate", 32, "q4_1z_i8h rotate 32"),  # not a power of 4: no exact 1/sqrt(b)
+    ("q4c_i8h", "rotate", 128, "q4c_i8h rotate 128"),    # does not divide k = 64
+    ("q4_1z_i8h", "rotate", 0, "q4_1z_i8h rotate 0"),    # a rotated op without its block
+    ("q4_1z_i8h", "op", "q4_1_i8", "q4_1_i8 rotate 64"),  # rotated weights under the plain op
 ])
 def test_unreadable_entry_is_refused(tiny_bundles, tmp_path, op, field, value, says):
     """An int8 entry in a layout this runtime does not read fails in both runtimes with a
     bundle_corrupt error saying what to do, instead of expanding to wrong weights."""
-    d = tmp_path / "stale"
-    shutil.copytree(tiny_bundles["compact"], d)
-    man = json.loads((d / "manifest.json").read_text())
-    next(t for t in man["runtime"]["tensors"] if t["op"] == op)[field] = value
-    (d / "manifest.json").write_text(json.dumps(man))
+    def edit(man):
+        next(t for t in man["runtime"]["tensors"] if t["op"] == op)[field] = value
+    d, man = _edited_copy(tiny_bundles, tmp_path, edit)
     with pytest.raises(BundleCorrupt, match=f"{says}.*rebuild the bundle or update SmolChat"):
         expand_runtime_data(d, man, check=False)
-    if shutil.which("node") is None:
-        pytest.skip("node is not installed")
-    r = subprocess.run(["node", str(ROOT / "tests" / "build" / "expand_node.mjs"), str(d),
-                        (ROOT / "web" / "src" / "runtime_form.js").as_uri()],
-                       capture_output=True, text=True, timeout=300)
+    r = _node_expand(d)
     assert r.returncode != 0 and f"bundle_corrupt: {says}" in r.stderr
+
+
+def test_unknown_op_is_refused(tiny_bundles, tmp_path):
+    """An op this runtime does not know (a later layout: how an older runtime sees q4_1z_i8h's
+    centred codes) is refused by both runtimes, saying to update SmolChat."""
+    def edit(man):
+        next(t for t in man["runtime"]["tensors"] if t["op"] == "q4_1z_i8h")["op"] = "q4_1y_i8h"
+    d, man = _edited_copy(tiny_bundles, tmp_path, edit)
+    with pytest.raises(BundleCorrupt, match="unknown runtime op 'q4_1y_i8h'.*update SmolChat"):
+        expand_runtime_data(d, man, check=False)
+    r = _node_expand(d)
+    assert r.returncode != 0
+    assert "bundle_corrupt: unknown runtime op q4_1y_i8h: update SmolChat" in r.stderr, r.stderr[-500:]
 
 
 def test_other_bundle_format_is_refused(tiny_bundles, tmp_path):
     """A manifest of another format (a later smolchat-bundle/2) is refused by both runtimes
     before any expansion, with what to do."""
-    d = tmp_path / "next"
-    shutil.copytree(tiny_bundles["compact"], d)
-    man = json.loads((d / "manifest.json").read_text())
-    man["format"] = "smolchat-bundle/2"
-    (d / "manifest.json").write_text(json.dumps(man))
+    d, _ = _edited_copy(tiny_bundles, tmp_path, lambda man: man.update(format="smolchat-bundle/2"))
     with pytest.raises(BundleCorrupt, match="smolchat-bundle/2.*rebuild the bundle"):
         read_manifest(d)
-    if shutil.which("node") is None:
-        pytest.skip("node is not installed")
-    r = subprocess.run(["node", str(ROOT / "tests" / "build" / "expand_node.mjs"), str(d),
-                        (ROOT / "web" / "src" / "runtime_form.js").as_uri()],
-                       capture_output=True, text=True, timeout=300)
+    r = _node_expand(d)
     assert r.returncode != 0
     assert 'bundle_corrupt: manifest format "smolchat-bundle/2"' in r.stderr, r.stderr[-500:]
 
@@ -409,7 +440,6 @@ def test_embedding_rows_in_three_precisions(tiny_bundles):
     frequency): 5-bit codes (one byte each) before fine_until, 4-bit nibbles, 3-bit nibbles
     from coarse_from on. Each tier's values, decoded here from the download form as README's
     table says, are what the int8 table and its scale hold (within half an int8 step)."""
-    from smolchat.runtime_form import download_form
     d = tiny_bundles["compact"]
     man = read_manifest(d)
     rt = man["runtime"]

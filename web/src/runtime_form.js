@@ -240,18 +240,27 @@ function q4cI8(t, w, dv, out, outDv) {
   });
 }
 
+// A Q4_1 block's zero code: the code nearest the value 0, clamp(floor(-m / d + 0.5), 0, 15) in
+// float64, 8 where d <= 0 or -m / d is not finite (runtime_form.py zero_codes).
+function zeroCode(d, m) {
+  const t = -m / d;
+  return d > 0 && Number.isFinite(t) ? Math.min(15, Math.max(0, Math.floor(t + 0.5))) : 8;
+}
+
 // q4_1_i8: value = fround(d * code + m) (the Q4_1 value as float32), d/m float16 per block as
-// byte planes.
+// byte planes; q4_1z: the stored codes are centred, code = (stored + z + 8) mod 16 (zeroCode).
 function q41I8(t, w, dv, out, outDv) {
   const { n: N, k: K, block: QK, src } = t;
   const nb = K / QK;
   const d = f16Planes(w, src.d, src.d_hi, N * nb, "d");
   const m = f16Planes(w, src.m, src.m_hi, N * nb, "m");
+  const centred = t.op.startsWith("q4_1z");
   const table = pooled(Float64Array, "table", nb * 16);
   rowsToI8(t, out, outDv, (n, v) => {
     for (let j = 0; j < nb; j++) {
       const b = n * nb + j;
-      for (let c = 0; c < 16; c++) table[j * 16 + c] = Math.fround(d[b] * c + m[b]);
+      const shift = centred ? zeroCode(d[b], m[b]) + 8 : 0; // stored s holds code (s + shift) & 15
+      for (let s = 0; s < 16; s++) table[j * 16 + s] = Math.fround(d[b] * ((s + shift) & 15) + m[b]);
     }
     nibbleRow(w, src.codes, n, K, QK, table, v);
   });
@@ -288,7 +297,7 @@ function copy(t, w, dv, out) {
   out.set(w.subarray(t.src, t.src + t.bytes), t.dst);
 }
 
-const OPS = { q4c_i8: q4cI8, q4_1_i8: q41I8, q4c_i8h: q4cI8, q4_1_i8h: q41I8, q4_1_f32: q41F32, q8_0_f32: q80F32, copy };
+const OPS = { q4c_i8: q4cI8, q4_1_i8: q41I8, q4c_i8h: q4cI8, q4_1_i8h: q41I8, q4_1z_i8h: q41I8, q4_1_f32: q41F32, q8_0_f32: q80F32, copy };
 
 /**
  * The download form the ops read, from weights.bin as stored: inflated when
@@ -355,7 +364,7 @@ export function expandRuntimeData(manifest, weightsBytes, options = {}) {
  */
 export function regionsOf(t) {
   switch (t.op) {
-    case "q4c_i8": case "q4_1_i8": case "q4c_i8h": case "q4_1_i8h": {
+    case "q4c_i8": case "q4_1_i8": case "q4c_i8h": case "q4_1_i8h": case "q4_1z_i8h": {
       const parts = [{ start: t.dst, bytes: t.n * t.k }, { start: t.dst_scale, bytes: 4 * t.n }];
       if (t.float_rows && t.float_rows.length) parts.push({ start: t.dst_float, bytes: 4 * t.float_rows.length * t.n });
       return parts;
