@@ -2,23 +2,25 @@
 
 Presets (README "Bundle format" has the byte layouts). Either way the download form is
 stored zlib-compressed as one stream (`weights_encoding: "zlib"`, bundle.py): deflate's
-Huffman codes take the Q4_1 codes to ~3.88 bits and the float16 block parameters, stored as
-byte planes, to ~9.5 bits.
+Huffman codes take the Q4_1 codes to ~3.87 bits (centred: ~3.83) and the float16 block
+parameters, stored as byte planes, to ~9.5 bits.
 * exact:   layer matrices as the GGUF's Q4_1 (4-bit codes + fp16 scale d and min m per block
            of 32), embedding as Q8_0; expanded to fp32 [K, N] (bit-equal to the reference).
 * compact: layer matrices exactly as the GGUF's Q4_1 too (op `q4_1z_i8h`: d and m as byte
-           planes, the codes centred on each block's zero code), expanded to int8 [K, N] + float32 scale [N] per column. The Q8_0 embedding
-           is re-quantized (op `q4c_i8h`) to 4-bit codes into 16 fixed levels (NF4's; value =
-           d * L[code]), rows from COARSE_FROM on (the rarer tokens: BPE ids follow merge
-           order) to 3-bit codes into 8 levels, rows before FINE_UNTIL (the most frequent) to
-           5-bit codes into 32 levels; one 4-bit scale index per block of 32, codes
-           and scales chosen GPTQ-style for the LM head's output error (its input covariance
-           from calibration, errors pushed onto the hidden features not yet rounded); its
-           columns at the LM head's float features are int8 per column (`int8_cols`). Each
-           matrix's FLOAT_FEATURES highest-energy input features (calibration) also get their
-           weights as float32 rows (`float_rows`): the graph multiplies those features in
-           float32 instead of through the per-token int8 activation quantization. The int8
-           tables hold the other features rotated (`rotate`, ROTATE): the "h" in the op names.
+           planes, the codes centred on each block's zero code), expanded to int8 [K, N] +
+           float32 scale [N] per column. The Q8_0 embedding is re-quantized (op `q4cx_i8h`)
+           to 4-bit codes into 16 fixed levels (NF4's; value = d * L[code]), rows from
+           COARSE_FROM on (the rarer tokens: BPE ids follow merge order) to 3-bit codes into 8
+           levels, rows before FINE_UNTIL (the most frequent) to 5-bit codes into 32 levels,
+           and rows before EXACT_UNTIL (the most frequent of all) keep their Q8_0 values; one
+           4-bit scale index per block of 32, codes and scales chosen GPTQ-style for the LM
+           head's output error (its input covariance from calibration, errors pushed onto the
+           hidden features not yet rounded); its columns at the LM head's float features are
+           int8 per column (`int8_cols`). Each matrix's FLOAT_FEATURES highest-energy input
+           features (calibration) also get their weights as float32 rows (`float_rows`): the
+           graph multiplies those features in float32 instead of through the per-token int8
+           activation quantization. The int8 tables hold the other features rotated (`rotate`,
+           ROTATE): the "h" in the op names.
 """
 
 from __future__ import annotations
@@ -57,6 +59,14 @@ COARSE_FROM = 25600
 # MB stays margin. The embedding's loss is on both sides (exact rows at the input Gather
 # only: 95.9% / 93.4%; at the LM head only: 95.8% / 94.7%; both: 97.5% / 96.7%).
 FINE_UNTIL = 8192
+# Embedding rows before this (the most frequent tokens of all) keep the GGUF's Q8_0 values
+# exactly (int8 codes + float16 scale per block of 32, ~610 bytes a row against ~330 at 5 bits).
+# Measured (simulation as for FINE_UNTIL, .17's form): which rows' errors cost top-1 on prose:
+# the LM head's rows before 1024 / 2048 / 4096 / 8192 exact 93.1% / 93.5% / 93.8% / 93.8% on
+# GPL-3 against 91.7% (pydoc 95.2-95.3% against 95.1%), the rows from 8192 on exact 92.6%: the
+# frequent rows' logits decide the near-ties, even at 5 bits. Exact on both sides (the input
+# Gather too): before 1024 95.3% / 93.2%, before 2048 95.8% / 93.4%.
+EXACT_UNTIL = 1024
 # The embedding's columns at the LM head's INT8_COLS highest-energy input features (its float
 # features) are int8 per column, not 4-bit. Measured (exact layers, float features, GPTQ;
 # pydoc 2,048 / GPL-3 4,096 tokens): 4-bit 1.009 / 90.6% and 1.051 / 84.5%; these 8 columns
@@ -139,7 +149,8 @@ FINE_LEVELS = np.array([
 
 def compact_embedding(q, cov: np.ndarray | None = None, damp: float = 0.03,
                       rows: int = 2048, coarse_from: int | None = None,
-                      int8_cols: list | tuple = (), fine_until: int = 0) -> dict:
+                      int8_cols: list | tuple = (), fine_until: int = 0,
+                      exact_until: int = 0) -> dict:
     """Q8_0 embedding [V, H] -> 4-bit codes into CODE_LEVELS: value = col[v] * A[a] * L[code].
 
     The table is also the LM head, so its codes minimise the LM head's output error
@@ -150,7 +161,8 @@ def compact_embedding(q, cov: np.ndarray | None = None, damp: float = 0.03,
     features not yet rounded through U, the upper Cholesky factor of the damped inverse
     covariance. cov=None: identity (plain nearest-level rounding, no error feedback).
     Rows from `coarse_from` on use COARSE_LEVELS (codes 0..7), rows before `fine_until`
-    FINE_LEVELS (5-bit codes 0..31).
+    FINE_LEVELS (5-bit codes 0..31), rows before `exact_until` none: they keep q's Q8_0 values
+    (their codes and scale indices are left 0).
     `int8_cols` (the LM head's highest-energy input features): those columns are int8 with a
     float32 scale per column instead (value = xs[i] * xq[i, v]), rounded in their turn from the
     errors pushed onto them, so they also soak up the other features' rounding at a fine step;
@@ -175,7 +187,8 @@ def compact_embedding(q, cov: np.ndarray | None = None, damp: float = 0.03,
     xq = np.zeros((len(xcol), n), np.int8)       # [C, V]: a column's values contiguous
     ai_all = np.zeros((n, nb), np.uint8)
     codes_all = np.zeros((n, k), np.uint8)
-    cuts = sorted(set(range(0, n, rows)) | {min(n, coarse_from), min(n, fine_until), n})
+    bounds = set(range(0, n, rows)) | {min(n, c) for c in (coarse_from, fine_until, exact_until, n)}
+    cuts = sorted(c for c in bounds if c >= min(n, exact_until))  # rows before: Q8_0 kept
     for r0, r1 in zip(cuts[:-1], cuts[1:]):  # rows are independent: any cut gives the same codes
         L = (FINE_LEVELS if r0 < fine_until else CODE_LEVELS if r0 < coarse_from
              else COARSE_LEVELS).astype(np.float64)
@@ -211,7 +224,7 @@ def compact_embedding(q, cov: np.ndarray | None = None, damp: float = 0.03,
         bar("embedding", r1, n)
     return {"codes": codes_all, "params": ai_all, "col": col, "A": A, "L": CODE_LEVELS,
             "coarse_from": coarse_from, "C": COARSE_LEVELS, "fine_until": fine_until,
-            "F": FINE_LEVELS,
+            "F": FINE_LEVELS, "exact_until": exact_until,
             "int8_cols": sorted(xcol), "xq": xq, "xs": xs}
 
 
@@ -320,20 +333,25 @@ def encode(ext: list, tensors: dict, preset: str, imp: dict | None = None,
                 entry["src"].update({f: wr.add(lo, f), f + "_hi": wr.add(hi, f + "_hi")})
         else:  # the embedding: input Gather and LM head
             c = compact_embedding(q, (cov or {}).get(LM_HEAD), coarse_from=COARSE_FROM,
-                                  int8_cols=fr[:INT8_COLS],
-                                  fine_until=min(n, FINE_UNTIL))
-            fine = c["fine_until"]
-            entry = {**head, "op": "q4c_i8h", "params": "a4",
-                     "src": {"codes": wr.add(pack_nibbles(c["codes"][fine:]), "emb_codes"),
+                                  int8_cols=fr[:INT8_COLS], fine_until=min(n, FINE_UNTIL),
+                                  exact_until=min(n, EXACT_UNTIL))
+            fine, ex = c["fine_until"], c["exact_until"]
+            entry = {**head, "op": "q4cx_i8h" if ex else "q4c_i8h", "params": "a4",
+                     "src": {"codes": wr.add(pack_nibbles(c["codes"][max(ex, fine):]),
+                                             "emb_codes"),
                              "params": wr.add(pack_nibbles(c["params"]), "params"),
                              "col": wr.add(c["col"]), "a_levels": wr.add(c["A"]),
                              "code_levels": wr.add(c["L"])}}
             if c["coarse_from"] < n:
                 entry["coarse_from"] = int(c["coarse_from"])
                 entry["src"]["coarse_levels"] = wr.add(c["C"])
-            if fine:
+            if ex:  # the Q8_0 rows as in the GGUF
+                entry["exact_until"] = int(ex)
+                entry["src"].update(exact_codes=wr.add(q.codes[:ex], "emb_exact"),
+                                    exact_d=wr.add(q.d[:ex].astype(np.float16)))
+            if fine > ex:
                 entry["fine_until"] = int(fine)
-                entry["src"].update(fine_codes=wr.add(c["codes"][:fine], "emb_fine"),
+                entry["src"].update(fine_codes=wr.add(c["codes"][ex:fine], "emb_fine"),
                                     fine_levels=wr.add(c["F"]))
             if c["int8_cols"]:
                 entry["int8_cols"] = [int(f) for f in c["int8_cols"]]

@@ -156,9 +156,10 @@ def _write_int8(t: dict, val: np.ndarray, out: np.ndarray, r0: int, r1: int) -> 
 
 def _q4c_i8(t: dict, w: np.ndarray, out: np.ndarray, rows: int = 4096) -> None:
     """value = col[n] * A[a] * L[code] (float64; rows >= coarse_from: coarse levels; rows <
-    fine_until: fine levels, codes one per byte in fine_codes, and the nibbles of `codes`
-    start at row fine_until); with `int8_cols` (input features k), value[n, k] =
-    cols_scale[i] * cols_q[i, n] instead."""
+    fine_until: fine levels, codes one per byte in fine_codes; the nibbles of `codes` start at
+    the first row after them); with `int8_cols` (input features k), value[n, k] =
+    cols_scale[i] * cols_q[i, n] instead. q4cx: rows < exact_until are Q8_0, value = d[n, j] *
+    exact_codes[n, k] (exact), their params/col/cols_q unused; fine_codes then starts there."""
     n, k, qk = t["n"], t["k"], t["block"]
     s = t["src"]
     nb = k // qk
@@ -174,13 +175,21 @@ def _q4c_i8(t: dict, w: np.ndarray, out: np.ndarray, rows: int = 4096) -> None:
     levels = _f32(w, s["code_levels"], 16)
     coarse_from = t.get("coarse_from", n)
     coarse = _f32(w, s["coarse_levels"], 8) if coarse_from < n else None
-    fine = t.get("fine_until", 0)
-    fine_lv = _f32(w, s["fine_levels"], 32) if fine else None
+    exact = t.get("exact_until", 0) if t["op"] == "q4cx_i8h" else 0
+    fine = max(exact, t.get("fine_until", 0))
+    fine_lv = _f32(w, s["fine_levels"], 32) if fine > exact else None
     params = _nibbles(w, s["params"], n * nb).reshape(n, nb)
-    cuts = sorted(set(range(0, n, rows)) | {fine, n})
+    cuts = sorted(set(range(0, n, rows)) | {exact, fine, n})
     for r0, r1 in zip(cuts[:-1], cuts[1:]):  # row chunks bound the float64 temporaries
+        if r0 < exact:
+            codes = w[s["exact_codes"] + r0 * k:s["exact_codes"] + r1 * k].view(np.int8)
+            d8 = _f16(w, s["exact_d"] + 2 * r0 * nb, (r1 - r0) * nb)
+            val = (d8.reshape(r1 - r0, nb, 1) * codes.reshape(r1 - r0, nb, qk)).reshape(r1 - r0, k)
+            _write_int8(t, val, out, r0, r1)
+            continue
         if r0 < fine:
-            codes = w[s["fine_codes"] + r0 * k:s["fine_codes"] + r1 * k]
+            off = s["fine_codes"] + (r0 - exact) * k
+            codes = w[off:off + (r1 - r0) * k]
             lv = fine_lv[codes.reshape(r1 - r0, nb, qk)]
         else:
             codes = _nibbles(w, s["codes"] + (r0 - fine) * k // 2, (r1 - r0) * k)
@@ -252,7 +261,7 @@ def _copy(t: dict, w: np.ndarray, out: np.ndarray) -> None:
 
 
 OPS = {"q4c_i8": _q4c_i8, "q4_1_i8": _q4_1_i8, "q4c_i8h": _q4c_i8, "q4_1_i8h": _q4_1_i8,
-       "q4_1z_i8h": _q4_1_i8, "q4_1_f32": _q4_1_f32, "q8_0_f32": _q8_0_f32, "copy": _copy}
+       "q4_1z_i8h": _q4_1_i8, "q4cx_i8h": _q4c_i8, "q4_1_f32": _q4_1_f32, "q8_0_f32": _q8_0_f32, "copy": _copy}
 
 
 def download_form(runtime: dict, file_bytes: bytes) -> np.ndarray:

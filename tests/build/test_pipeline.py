@@ -348,20 +348,22 @@ def test_compact_layers_keep_the_gguf_values_and_float_rows(tiny_bundles, tiny_r
 def test_embedding_int8_columns_are_the_lm_heads_float_rows(tiny_bundles):
     """compact's embedding keeps its columns at the LM head's float features as int8 per
     column (int8_cols == float_rows): the float32 rows the LM head and the input Gather
-    multiply in float are exactly cols_scale[i] * cols_q[i, n]; the int8 table leaves them
-    out (zero before the rotation), and the input path (int8 row * scale, rotated back, plus
-    the float rows at their features) gives each column within an int8 step of them."""
+    multiply in float are exactly cols_scale[i] * cols_q[i, n] (for the rows that keep their
+    Q8_0 values, those values); the int8 table leaves them out (zero before the rotation), and
+    the input path (int8 row * scale, rotated back, plus the float rows at their features)
+    gives each column within an int8 step of them."""
     d = tiny_bundles["compact"]
     man = read_manifest(d)
     rt = man["runtime"]
-    t = next(t for t in rt["tensors"] if t["op"] == "q4c_i8h")
-    n, k, cols = t["n"], t["k"], t["int8_cols"]
+    t = next(t for t in rt["tensors"] if t["op"] == "q4cx_i8h")
+    n, k, cols, ex = t["n"], t["k"], t["int8_cols"], t["exact_until"]
     assert cols == t["float_rows"] and len(cols) == 8 and t["float_rows_int8"] == "zero"
     form = download_form(rt, (Path(d) / rt["weights_file"]).read_bytes())
     xq = form[t["src"]["cols_q"]:t["src"]["cols_q"] + len(cols) * n].view(np.int8).reshape(-1, n)
     xs = form[t["src"]["cols_scale"]:t["src"]["cols_scale"] + 4 * len(cols)].view(np.float32)
-    assert np.abs(xq).max() > 100  # the columns use the int8 range, not a handful of levels
+    assert np.abs(xq[:, ex:]).max() > 100  # the columns use the int8 range, not a handful of levels
     want = (xs.astype(np.float64)[:, None] * xq).astype(np.float32)
+    want[:, :ex] = _exact_rows(form, t)[:, cols].T
     data = expand_runtime_data(d, man)
     fl = data[t["dst_float"]:t["dst_float"] + 4 * len(cols) * n].view(np.float32).reshape(-1, n)
     np.testing.assert_array_equal(fl, want)
@@ -371,6 +373,15 @@ def test_embedding_int8_columns_are_the_lm_heads_float_rows(tiny_bundles):
     assert (np.abs(back[:, cols]) <= s[:, None] / 2 * np.sqrt(t["rotate"])).all()  # ~0: left out
     back[:, cols] += fl.T
     assert (np.abs(back[:, cols] - want.T) <= s[:, None] / 2 * np.sqrt(t["rotate"])).all()
+
+
+def _exact_rows(form, t) -> np.ndarray:
+    """The embedding rows before exact_until from the download form, as README says: Q8_0,
+    exact_d [E, K/32] float16 times exact_codes [E, K] int8 -> float64 [E, K]."""
+    ex, k, s = t["exact_until"], t["k"], t["src"]
+    q8 = form[s["exact_codes"]:s["exact_codes"] + ex * k].view(np.int8).reshape(ex, k // 32, 32)
+    d8 = form[s["exact_d"]:s["exact_d"] + 2 * ex * k // 32].view(np.float16).astype(np.float64)
+    return (d8.reshape(ex, k // 32, 1) * q8).reshape(ex, k)
 
 
 def _edited_copy(tiny_bundles, tmp_path, edit):
@@ -393,9 +404,9 @@ def _node_expand(d) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("op,field,value,says", [
-    ("q4c_i8h", "params", "a4t4", "q4c_i8h params"),  # an older bundle's embedding layout
+    ("q4cx_i8h", "params", "a4t4", "q4cx_i8h params"),  # an older bundle's embedding layout
     ("q4_1z_i8h", "rotate", 32, "q4_1z_i8h rotate 32"),  # not a power of 4: no exact 1/sqrt(b)
-    ("q4c_i8h", "rotate", 128, "q4c_i8h rotate 128"),    # does not divide k = 64
+    ("q4cx_i8h", "rotate", 128, "q4cx_i8h rotate 128"),  # does not divide k = 64
     ("q4_1z_i8h", "rotate", 0, "q4_1z_i8h rotate 0"),    # a rotated op without its block
     ("q4_1z_i8h", "op", "q4_1_i8", "q4_1_i8 rotate 64"),  # rotated weights under the plain op
 ])
@@ -435,39 +446,46 @@ def test_other_bundle_format_is_refused(tiny_bundles, tmp_path):
     assert 'bundle_corrupt: manifest format "smolchat-bundle/2"' in r.stderr, r.stderr[-500:]
 
 
-def test_embedding_rows_in_three_precisions(tiny_bundles):
-    """compact's embedding rows come in three tiers by token id (BPE merge order, so by
-    frequency): 5-bit codes (one byte each) before fine_until, 4-bit nibbles, 3-bit nibbles
-    from coarse_from on. Each tier's values, decoded here from the download form as README's
-    table says, are what the int8 table and its scale hold (within half an int8 step)."""
+def test_embedding_rows_in_four_precisions(tiny_bundles, tiny_reference):
+    """compact's embedding rows come in four tiers by token id (BPE merge order, so by
+    frequency): the source's Q8_0 values before exact_until, 5-bit codes (one byte each)
+    before fine_until, 4-bit nibbles, 3-bit nibbles from coarse_from on. Each tier's values,
+    decoded here from the download form as README's table says, are what the int8 table and
+    its scale hold (within half an int8 step); the Q8_0 rows are the reference's weights."""
     d = tiny_bundles["compact"]
     man = read_manifest(d)
     rt = man["runtime"]
-    t = next(t for t in rt["tensors"] if t["op"] == "q4c_i8h")
+    t = next(t for t in rt["tensors"] if t["op"] == "q4cx_i8h")
     n, k, s = t["n"], t["k"], t["src"]
-    fine, coarse = t["fine_until"], t["coarse_from"]
-    assert 0 < fine < coarse < n
+    ex, fine, coarse = t["exact_until"], t["fine_until"], t["coarse_from"]
+    assert 0 < ex < fine < coarse < n
     form = download_form(rt, (Path(d) / rt["weights_file"]).read_bytes())
+    exact = _exact_rows(form, t)
+    emb = tiny_reference.state_dict()["model.embed_tokens.weight"].numpy()
+    np.testing.assert_array_equal(exact.astype(np.float32), emb[:ex])
     f32 = lambda off, c: form[off:off + 4 * c].view(np.float32).astype(np.float64)
     col = form[s["col"]:s["col"] + 2 * n].view(np.float16).astype(np.float64)
     A, L, C, F = (f32(s["a_levels"], 16), f32(s["code_levels"], 16),
                   f32(s["coarse_levels"], 8), f32(s["fine_levels"], 32))
-    fine_codes = form[s["fine_codes"]:s["fine_codes"] + fine * k].reshape(fine, k)
+    fine_codes = form[s["fine_codes"]:s["fine_codes"] + (fine - ex) * k].reshape(fine - ex, k)
     assert fine_codes.max() > 15  # really 5-bit
     data = expand_runtime_data(d, man)
     i8 = data[t["dst"]:t["dst"] + n * k].view(np.int8).reshape(k, n)
     sc = data[t["dst_scale"]:t["dst_scale"] + 4 * n].view(np.float32).astype(np.float64)
-    for row in (0, fine - 1, fine, coarse - 1, coarse, n - 1):
+    for row in (0, ex - 1, ex, fine - 1, fine, coarse - 1, coarse, n - 1):
         a = [(form[s["params"] + (row * k // 32 + j) // 2] >> (4 * ((row * k // 32 + j) % 2))) & 15
              for j in range(k // 32)]
-        if row < fine:
-            lv = F[fine_codes[row]]
+        if row < ex:
+            val = exact[row].copy()
         else:
-            nib = np.array([(form[s["codes"] + ((row - fine) * k + i) // 2] >> (4 * (i % 2))) & 15
-                            for i in range(k)])
-            assert row < coarse or nib.max() <= 7
-            lv = (L if row < coarse else C)[nib]
-        val = col[row] * A[np.repeat(a, 32)] * lv
+            if row < fine:
+                lv = F[fine_codes[row - ex]]
+            else:
+                nib = np.array([(form[s["codes"] + ((row - fine) * k + i) // 2] >> (4 * (i % 2))) & 15
+                                for i in range(k)])
+                assert row < coarse or nib.max() <= 7
+                lv = (L if row < coarse else C)[nib]
+            val = col[row] * A[np.repeat(a, 32)] * lv
         val[t["int8_cols"]] = 0  # float features (float32 rows): out of the int8 table
         val = _rotated(val[None], t["rotate"])[0]
         assert (np.abs(i8[:, row] * sc[row] - val) <= sc[row] / 2 * (1 + 1e-9)).all(), row

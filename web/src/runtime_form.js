@@ -205,9 +205,11 @@ function nibbleRow(w, off, row, K, QK, table, v) {
 
 // q4c_i8: value = col[n] * A[a] * L[code] (float64), a = the block's 4-bit scale index; rows
 // n >= coarse_from use the 8 coarse_levels instead of the 16 code_levels, rows n < fine_until
-// the 32 fine_levels with one code per byte in fine_codes [fine_until, K] (the nibbles of
-// src.codes start at row fine_until); with int8_cols (input features k): value[n, k] =
-// cols_scale[i] * cols_q[i, n] (float32 * int8, [C, N]).
+// the 32 fine_levels with one code per byte in fine_codes (the nibbles of src.codes start at
+// the first row after them); with int8_cols (input features k): value[n, k] = cols_scale[i] *
+// cols_q[i, n] (float32 * int8, [C, N]). q4cx: rows n < exact_until are Q8_0, value =
+// exact_d[n, j] * exact_codes[n, k] (exact; their params/col/cols_q unused), and fine_codes
+// starts at row exact_until.
 function q4cI8(t, w, dv, out, outDv) {
   const { n: N, k: K, block: QK, src } = t;
   const nb = K / QK;
@@ -222,15 +224,23 @@ function q4cI8(t, w, dv, out, outDv) {
   const L = f32Array(dv, src.code_levels, 16);
   const coarseFrom = t.coarse_from ?? N;
   const C = coarseFrom < N ? f32Array(dv, src.coarse_levels, 8) : null;
-  const fine = t.fine_until ?? 0; // rows before it: one 5-bit code per byte; nibbles start there
-  const F = fine ? f32Array(dv, src.fine_levels, 32) : null;
+  const exact = t.op === "q4cx_i8h" ? t.exact_until ?? 0 : 0;
+  const q8 = exact ? new Int8Array(w.buffer, w.byteOffset + src.exact_codes, exact * K) : null;
+  const d8 = exact ? f16Array(dv, src.exact_d, exact * nb) : null;
+  const fine = Math.max(exact, t.fine_until ?? 0); // rows before it: one 5-bit code per byte; nibbles start there
+  const F = fine > exact ? f32Array(dv, src.fine_levels, 32) : null;
   const table = pooled(Float64Array, "table", nb * 16);
   rowsToI8(t, out, outDv, (n, v) => {
+    if (n < exact) {
+      for (let k = 0; k < K; k++) v[k] = d8[n * nb + ((k / QK) | 0)] * q8[n * K + k];
+      return;
+    }
     const lv = n >= coarseFrom ? C : L;
     for (let j = 0; j < nb; j++) {
       const d = col[n] * A[nibble(w, src.params, n * nb + j)]; // the block's scale
       if (n < fine) {
-        for (let k = j * QK; k < (j + 1) * QK; k++) v[k] = d * F[w[src.fine_codes + n * K + k]];
+        const row = src.fine_codes + (n - exact) * K;
+        for (let k = j * QK; k < (j + 1) * QK; k++) v[k] = d * F[w[row + k]];
       } else {
         for (let c = 0; c < 16; c++) table[j * 16 + c] = c < lv.length ? d * lv[c] : 0;
       }
@@ -297,7 +307,7 @@ function copy(t, w, dv, out) {
   out.set(w.subarray(t.src, t.src + t.bytes), t.dst);
 }
 
-const OPS = { q4c_i8: q4cI8, q4_1_i8: q41I8, q4c_i8h: q4cI8, q4_1_i8h: q41I8, q4_1z_i8h: q41I8, q4_1_f32: q41F32, q8_0_f32: q80F32, copy };
+const OPS = { q4c_i8: q4cI8, q4_1_i8: q41I8, q4c_i8h: q4cI8, q4_1_i8h: q41I8, q4_1z_i8h: q41I8, q4cx_i8h: q4cI8, q4_1_f32: q41F32, q8_0_f32: q80F32, copy };
 
 /**
  * The download form the ops read, from weights.bin as stored: inflated when
@@ -364,7 +374,7 @@ export function expandRuntimeData(manifest, weightsBytes, options = {}) {
  */
 export function regionsOf(t) {
   switch (t.op) {
-    case "q4c_i8": case "q4_1_i8": case "q4c_i8h": case "q4_1_i8h": case "q4_1z_i8h": {
+    case "q4c_i8": case "q4_1_i8": case "q4c_i8h": case "q4_1_i8h": case "q4_1z_i8h": case "q4cx_i8h": {
       const parts = [{ start: t.dst, bytes: t.n * t.k }, { start: t.dst_scale, bytes: 4 * t.n }];
       if (t.float_rows && t.float_rows.length) parts.push({ start: t.dst_float, bytes: 4 * t.float_rows.length * t.n });
       return parts;
