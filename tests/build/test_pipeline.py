@@ -384,6 +384,30 @@ def _exact_rows(form, t) -> np.ndarray:
     return (d8.reshape(ex, k // 32, 1) * q8).reshape(ex, k)
 
 
+def test_zero_code_edge_cases_agree_in_both_runtimes(tiny_bundles, tmp_path, node_expand_sha):
+    """q4_1z's zero code z = clamp(floor(-m/d + 0.5), 0, 15), 8 where d <= 0: on blocks with d
+    = 0, d < 0, -m/d far above 15 or below 0, an exact .5 tie and m = -0, written into a layer
+    of a bundle copy, numpy and JS expand to the same bytes."""
+    import hashlib
+    import zlib
+    from smolchat.runtime_form import zero_codes
+    d16 = np.array([0, -0.01, 0.01, 0.01, 0.25, 0.01], np.float16)
+    m16 = np.array([0.3, 0.2, -0.5, 0.05, -0.625, -0.0], np.float16)
+    assert zero_codes(d16, m16).tolist() == [8, 8, 15, 0, 3, 0]
+    d, man = _edited_copy(tiny_bundles, tmp_path, lambda man: None)
+    rt = man["runtime"]
+    form = download_form(rt, (d / rt["weights_file"]).read_bytes()).copy()
+    s = next(t for t in rt["tensors"] if t["op"] == "q4_1z_i8h")["src"]
+    for plane, v in (("d", d16), ("m", m16)):
+        u = v.view(np.uint16)
+        form[s[plane]:s[plane] + u.size] = u & 255
+        form[s[plane + "_hi"]:s[plane + "_hi"] + u.size] = u >> 8
+    (d / rt["weights_file"]).write_bytes(zlib.compress(form.tobytes(), 9))
+    py = hashlib.sha256(expand_runtime_data(d, man, check=False)).hexdigest()
+    assert py != rt["expanded_sha256"]  # the edit reached the expansion
+    assert node_expand_sha(d)["sha256"] == py
+
+
 def _edited_copy(tiny_bundles, tmp_path, edit):
     """A copy of the tiny compact bundle whose manifest `edit(manifest)` changed -> (dir, manifest)."""
     d = tmp_path / "edited"
