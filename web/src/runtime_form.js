@@ -373,16 +373,15 @@ export function expandRuntimeData(manifest, weightsBytes, options = {}) {
  * (q4c_i8, q4_1_i8: int8 weights [K, N], float32 scales [N], float32 rows [F, N] if any).
  */
 export function regionsOf(t) {
-  switch (t.op) {
-    case "q4c_i8": case "q4_1_i8": case "q4c_i8h": case "q4_1_i8h": case "q4_1z_i8h": case "q4cx_i8h": {
-      const parts = [{ start: t.dst, bytes: t.n * t.k }, { start: t.dst_scale, bytes: 4 * t.n }];
-      if (t.float_rows && t.float_rows.length) parts.push({ start: t.dst_float, bytes: 4 * t.float_rows.length * t.n });
-      return parts;
-    }
-    case "q4_1_f32": case "q8_0_f32": return [{ start: t.dst, bytes: 4 * t.n * t.k }];
-    case "copy": return [{ start: t.dst, bytes: t.bytes }];
-    default: throw new Error(`bundle_corrupt: unknown runtime op ${t.op}: update SmolChat`);
+  const op = OPS[t.op]; // by what the op runs, so that OPS is the one list of op names
+  if (op === q4cI8 || op === q41I8) {
+    const parts = [{ start: t.dst, bytes: t.n * t.k }, { start: t.dst_scale, bytes: 4 * t.n }];
+    if (t.float_rows && t.float_rows.length) parts.push({ start: t.dst_float, bytes: 4 * t.float_rows.length * t.n });
+    return parts;
   }
+  if (op === q41F32 || op === q80F32) return [{ start: t.dst, bytes: 4 * t.n * t.k }];
+  if (op === copy) return [{ start: t.dst, bytes: t.bytes }];
+  throw new Error(`bundle_corrupt: unknown runtime op ${t.op}: update SmolChat`);
 }
 
 const KEEP_BYTES = 1 << 22; // parts up to this size are kept (copied) until ORT asks for them
