@@ -3,11 +3,10 @@ CPU operators (the WASM backend is the CPU execution provider compiled to WebAss
 
 * RMSNorm: SimplifiedLayerNormalization (first) and SkipSimplifiedLayerNormalization
   (residual add + norm in one node, com.microsoft);
-* attention: an If on "one new token": then GroupQueryAttention (com.microsoft) with the
-  rotary embedding inside (do_rotary, non-interleaved as HF Llama's rotate_half), else
-  (prefill) RotaryEmbedding + MatMul/Softmax with a causal mask, the kv_heads' query groups
-  stacked so no key/value is repeated; either way KV cache BNSH [1, kv_heads, past, head_dim]
-  holding rotated keys. cos/sin tables [max_positions, head_dim/2] are a constant subgraph
+* attention: RotaryEmbedding (com.microsoft, non-interleaved as HF Llama's rotate_half) +
+  MatMul/Softmax with a causal mask, the kv_heads' query groups stacked so no key/value is
+  repeated, for prefill and decode alike (one path: a position's numbers do not depend on how
+  its prefix was forwarded); KV cache BNSH [1, kv_heads, past, head_dim] holding rotated keys. cos/sin tables [max_positions, head_dim/2] are a constant subgraph
   (Range * inv_freq -> Cos/Sin) that ORT folds at load: not downloaded;
 * linear layers: fp32 MatMul (preset exact) or, for compact, per-token symmetric int8
   activations (uint8, zero point 128) x int8 weights per output column in
@@ -28,7 +27,7 @@ nodes left a decode step's time unchanged in ORT Web, 42.4 against 41-43 ms; the
 measured on this machine with native ORT, 1 thread, a decode step went from 74 ms to 15 ms
 and the session opens in 0.4-1.5 s instead of 6.5 s; the int8 arithmetic is unchanged. In
 ORT Web (Node, 1 thread) a 256-token prefill takes 1.2 s (3.4 s with GroupQueryAttention
-for prefill too).
+for prefill too, which is why attention is MatMul/Softmax).
 
 Inputs and outputs are those of Optimum's `text-generation-with-past` export (input_ids,
 attention_mask, position_ids, past_key_values.{i}.key/value -> logits, present.{i}.key/value),
@@ -36,8 +35,7 @@ so engines and scorers see no difference; Optimum's export itself stays the buil
 parity check, and the exact preset's greedy goldens check this graph against PyTorch.
 
 What it ignores: batch > 1 and padding (sequence lengths and the causal mask come from the
-attention mask's length and sum, fine for one unpadded row; position_ids feeds the prefill
-rotary, GQA derives decode positions from the past length), rope scaling and attention/MLP
+attention mask's length, fine for one unpadded row; position_ids feeds the rotary), rope scaling and attention/MLP
 biases (refused by `check_config`).
 """
 
@@ -205,10 +203,6 @@ def runtime_graph(model, tensors: dict, preset: str, float_feats: dict | None = 
             return g.op("Mul", [y, sc], outputs=outs)
         return g.op("Add", [g.op("Mul", [y, sc]), g.op("MatMul", [xf, wf])], outputs=outs)
 
-    # sequence lengths for GQA (from the mask: one unpadded row)
-    seqlens = g.op("Cast", [g.op("Sub", [
-        g.op("ReduceSum", ["attention_mask", g.const("k_axes_1", np.array([1], np.int64))],
-             keepdims=0), g.const("k_one_i64", np.array(1, np.int64))])], to=TensorProto.INT32)
     # rotary tables [max_pos, hd/2]: a constant subgraph, folded by ORT when the session loads
     inv_freq = model.model.rotary_emb.inv_freq.float().numpy().astype(np.float32)
     if inv_freq.shape != (hd // 2,):
@@ -219,14 +213,18 @@ def runtime_graph(model, tensors: dict, preset: str, float_feats: dict | None = 
                          g.const("inv_freq", inv_freq[None, :])])
     cos, sin = g.op("Cos", [freqs]), g.op("Sin", [freqs])
 
-    # prefill attention (s > 1) runs on plain MatMul/Softmax: ORT's CPU GroupQueryAttention
-    # is ~2.4x slower than that for a 256-token prompt on WASM and ~5x with a 300-token past
-    # (measured 2026-11-22, ORT Web 1.30, 1 thread); for one token it is the faster of the two.
+    # Attention, prefill and decode alike: RotaryEmbedding + MatMul/Softmax with a causal mask,
+    # the kv_heads' query groups stacked so no key/value is repeated. One path for every step
+    # so that a position's numbers do not depend on whether its prefix came from the KV cache
+    # or from a prefill (native ORT: bit-identical logits for a prompt forwarded whole, in
+    # three chunks or as prefix + one token, 1 or 2 threads; the If with GroupQueryAttention
+    # for single tokens that code versions <= 2026-11-22.18 had was 1e-5 off there, enough to
+    # flip greedy near-ties; measured 2026-12-03). Decode step time in ORT Web was the same
+    # within noise (Node, 1 thread, past 50 / 500 / 1,500).
     grp = nh // nkv
     i64 = lambda name, v: g.const(name, np.array(v, np.int64))  # noqa: E731
     s_len = g.op("Shape", ["input_ids"], start=1, end=2)                      # [1]
     t_len = g.op("Shape", ["attention_mask"], start=1, end=2)                 # [1]
-    total = g.op("Cast", [g.op("Squeeze", [t_len])], to=TensorProto.INT32)    # GQA's scalar
     zero, one = i64("k_zero", 0), i64("k_one", 1)
     rows = g.op("Add", [g.op("Range", [zero, g.op("Squeeze", [s_len]), one]),
                         g.op("Sub", [t_len, s_len])])                         # [s] positions
@@ -236,18 +234,12 @@ def runtime_graph(model, tensors: dict, preset: str, float_feats: dict | None = 
     mask = g.op("Tile", [g.op("Where", [future, g.const("a_ninf", np.array(-np.inf, np.float32)),
                                         g.const("a_zero", np.array(0.0, np.float32))]),
                          i64("k_tile", [grp, 1])])                            # [grp*s, T]
-    one_token = g.op("Equal", [s_len, i64("k_one1", [1])])                    # [1] bool
     c_qscale = g.const("a_qscale", np.array(1.0 / np.sqrt(hd), np.float32))
 
     def attention(i: int, q: str, k: str, v: str) -> str:
-        """If(one token): GroupQueryAttention, else MatMul/Softmax with rotary and the mask."""
+        """q [1, s, nh*hd], k/v [1, s, nkv*hd] -> [1, s, nh*hd]; present.{i}.key/value
+        [1, nkv, T, hd] = past + the new rotated keys / values."""
         past_k, past_v = f"past_key_values.{i}.key", f"past_key_values.{i}.value"
-        outer = g.nodes
-        g.nodes = []
-        ta, tk, tv = g.op("GroupQueryAttention", [q, k, v, past_k, past_v, seqlens, total,
-                                                  cos, sin], n_out=3, domain=MS, num_heads=nh,
-                          kv_num_heads=nkv, do_rotary=1, rotary_interleaved=0)
-        then_nodes, g.nodes = g.nodes, []
         qr = g.op("RotaryEmbedding", [q, "position_ids", cos, sin], domain=MS, num_heads=nh)
         kr = g.op("RotaryEmbedding", [k, "position_ids", cos, sin], domain=MS, num_heads=nkv)
         qg = g.op("Reshape", [g.op("Transpose", [g.op("Reshape", [
@@ -255,23 +247,16 @@ def runtime_graph(model, tensors: dict, preset: str, float_feats: dict | None = 
             i64(f"k_qg_{i}", [1, nkv, -1, hd])])                             # [1, kv, grp*s, hd]
         kv4 = i64(f"k_kv4_{i}", [1, -1, nkv, hd])
         ek = g.op("Concat", [past_k, g.op("Transpose", [g.op("Reshape", [kr, kv4])],
-                                          perm=[0, 2, 1, 3])], axis=2)       # [1, kv, T, hd]
+                                          perm=[0, 2, 1, 3])], axis=2,
+                  outputs=[f"present.{i}.key"])                              # [1, kv, T, hd]
         ev = g.op("Concat", [past_v, g.op("Transpose", [g.op("Reshape", [v, kv4])],
-                                          perm=[0, 2, 1, 3])], axis=2)
+                                          perm=[0, 2, 1, 3])], axis=2,
+                  outputs=[f"present.{i}.value"])
         sc = g.op("Add", [g.op("MatMul", [qg, g.op("Transpose", [ek], perm=[0, 1, 3, 2])]), mask])
         o = g.op("MatMul", [g.op("Softmax", [sc], axis=-1), ev])             # [1, kv, grp*s, hd]
-        ea = g.op("Reshape", [g.op("Transpose", [g.op("Reshape", [
+        return g.op("Reshape", [g.op("Transpose", [g.op("Reshape", [
             o, i64(f"k_oh_{i}", [1, nh, -1, hd])])], perm=[0, 2, 1, 3]),
             i64(f"k_oa_{i}", [1, -1, nh * hd])])
-        else_nodes, g.nodes = g.nodes, outer
-
-        def branch(name, nodes, outs):
-            return helper.make_graph(nodes, name, [], [
-                helper.make_tensor_value_info(x, TensorProto.FLOAT, None) for x in outs])
-        return g.op("If", [one_token], outputs=[g.name(), f"present.{i}.key",
-                                                 f"present.{i}.value"],
-                    then_branch=branch(f"decode{i}", then_nodes, [ta, tk, tv]),
-                    else_branch=branch(f"prefill{i}", else_nodes, [ea, ek, ev]))[0]
 
     # embedding: one table [H, V] for Gather and LM head
     emb = weight("model.embed_tokens.weight", "emb")

@@ -83,3 +83,37 @@ def test_long_chat_in_a_small_window_keeps_working(compact_backend):
         assert compact_backend.cache_length == len(engine._cache)
         dropped = r.dropped_exchanges
     assert dropped > 0 and len(engine.history()) == 28
+
+
+REPRO_PROMPTS = ["Name three fruits.", "What is the capital of France?",
+                 "Write a haiku about the sea.", "What is 12 + 7?"]
+
+
+@pytest.mark.parametrize("preset", ["compact", "exact"])
+def test_greedy_ids_do_not_depend_on_the_kv_cache_or_threads(preset):
+    """Issue 15's reproducible greedy: the same instruction at temperature 0 gives the same ids
+    whether its prompt was prefilled (first asking) or came from the KV cache but for its last
+    token (second asking), the same chat after clear() too, with 1 and 2 threads. (Before code
+    version 2026-12-03.19 a single-token step ran GroupQueryAttention and a prefill
+    MatMul/Softmax: the two rounded differently and near-ties flipped.)"""
+    from pathlib import Path
+    from smolchat.backend_onnx import OnnxBackend
+    bundle = Path(__file__).resolve().parents[2] / "models" / f"smollm2-135m-instruct-{preset}"
+    if not (bundle / "manifest.json").is_file():
+        pytest.fail(f"{bundle} is missing: ./build.sh bundle --preset {preset}", pytrace=False)
+    runs = []
+    for threads in (1, 2):
+        engine = ChatEngine(OnnxBackend.load(bundle, threads=threads))
+        got = []
+        for p in REPRO_PROMPTS:
+            first = ask(engine, "instruct", p, temperature=0, max_tokens=32)
+            again = ask(engine, "instruct", p, temperature=0, max_tokens=32)
+            assert again.cached_prompt_tokens == again.prompt_tokens - 1
+            assert again.output_token_ids == first.output_token_ids, (preset, threads, p)
+            got.append(first.output_token_ids)
+        chat1 = ask(engine, "chat", REPRO_PROMPTS[0], temperature=0, max_tokens=32)
+        engine.clear()
+        chat2 = ask(engine, "chat", REPRO_PROMPTS[0], temperature=0, max_tokens=32)
+        assert chat2.cached_prompt_tokens > 0 and chat2.output_token_ids == chat1.output_token_ids
+        runs.append(got)
+    assert runs[0] == runs[1], f"{preset}: 1 and 2 threads gave different greedy ids"
