@@ -56,6 +56,9 @@ export interface LoadOptions {
   contextWindow?: number;
   /** false: do not use Cache Storage (default true) */
   cache?: boolean;
+  /** false: keep the KV cache in JS tensors through ORT's public session.run (default true:
+   * in ORT's wasm heap, run through its own entry points; used where available) */
+  heapKV?: boolean;
 }
 
 /** Generation options; values are checked by the engine (InvalidSetting with the range). */
@@ -124,6 +127,11 @@ export interface Info {
   bundle_url: string;
   threads: number;
   cross_origin_isolated: boolean;
+  /** 'wasm-heap': the KV cache stays in ORT's wasm heap between steps; 'js-tensors': it is
+   * copied in and out on each step (the fallback) */
+  kv_cache: 'wasm-heap' | 'js-tensors';
+  /** why the KV cache is not in the wasm heap; null when it is */
+  kv_cache_note: string | null;
   context_window: number;
   system_prompt: string | null;
   load_ms: number;
@@ -164,7 +172,9 @@ export declare class SmolChat {
   setConversationHistory(messages: ChatMessage[]): Promise<null>;
   encode(text: string): Promise<number[]>;
   info(): Promise<Info>;
-  health(): Promise<{ status: string; reason: string | null; live_tensors?: number }>;
+  /** live_tensors: ort.Tensors alive between calls (0 on the heap path); heap_blocks: wasm
+   * heap blocks the KV cache path holds (null on the JS-tensor path) */
+  health(): Promise<{ status: string; reason: string | null; live_tensors?: number; heap_blocks?: number | null }>;
   readonly loadInfo: Info | null;
   unload(): Promise<void>;
 }

@@ -5,12 +5,14 @@ This is the only module that imports `js`/`pyodide`. Those imports are lazy, so 
 imports in plain CPython: tests drive WorkerHost there over the fake backend
 (tests/web/test_bridge_host.py); OrtWebBackend itself needs Pyodide (the browser tests).
 
-- OrtWebBackend implements backend.py. Every tensor stays in JS: the KV cache is ONE JS array
-  of ort.Tensor (order: the session's past_key_values.* input names) held by one JsProxy;
-  after each step the replaced tensors are disposed. Vocabulary-wide work (top-k, repetition
-  penalty, tokenization) happens in JS (web/src/ort_glue.js); Python sees k ids and logits.
-  session.run is awaited through glue.run, which times it with performance.now()
-  (`ort_run_ms`, for the engine's decode profile).
+- OrtWebBackend implements backend.py. Every tensor stays in JS: the KV cache and the logits
+  belong to one JS runner object (`res.runner`, made by worker.js): web/src/ort_heap.js
+  HeapRunner keeps them in ORT's wasm heap, web/src/ort_glue.js TensorRunner (the fallback) in
+  ort.Tensors. A step is one call, `await runner.forward(ids)`, which returns the positions now
+  cached; this module checks that against its own count. Vocabulary-wide work (top-k,
+  repetition penalty, tokenization) happens in JS; Python sees k ids and logits.
+  `runner.runMs` times the runs with performance.now() (`ort_run_ms`, for the engine's decode
+  profile).
 - WorkerHost wraps a ChatEngine for the worker: every method returns a JSON string
   {"ok": result} or {"error": SmolChatError.to_dict()}, so no Python object crosses to JS.
 
@@ -45,9 +47,9 @@ def _to_js(value):
 class OrtWebBackend:
     """Backend over an ort.InferenceSession (WASM EP) created in JS.
 
-    `res` is a JS object from worker.js: {session, tokenizer, glue, texts: {tokenizer_json,
-    tokenizer_config, config, generation_config, manifest}, threads, crossOriginIsolated,
-    versions: {ort, pyodide}, bundleUrl}.
+    `res` is a JS object from worker.js: {session, runner, kvCacheNote, tokenizer, glue,
+    texts: {tokenizer_json, tokenizer_config, config, generation_config, manifest}, threads,
+    crossOriginIsolated, versions: {ort, pyodide}, bundleUrl}.
     """
 
     def __init__(self, res):
@@ -67,31 +69,18 @@ class OrtWebBackend:
         del tok_json
 
         self._session = res.session
+        self._runner = res.runner    # HeapRunner | TensorRunner (see the module docstring)
+        self._kv_cache = str(res.runner.kind)
+        self._kv_cache_note = str(res.kvCacheNote) or None   # why not the heap ("": it is)
         self._tokenizer = res.tokenizer
         self._glue = res.glue
         self._threads = int(res.threads)
         self._isolated = bool(res.crossOriginIsolated)
         self._versions = res.versions.to_py()
         self._bundle_url = str(res.bundleUrl)
-
-        # present.{i}.{key,value} -> past_key_values.{i}.{key,value}, ordered by input names.
         inputs = list(self._session.inputNames.to_py())
-        outputs = set(self._session.outputNames.to_py())
-        self._past_names = [n for n in inputs if n.startswith("past_key_values.")]
-        present = ["present." + n[len("past_key_values."):] for n in self._past_names]
-        missing = [p for p in present if p not in outputs]
-        if missing or "logits" not in outputs:
-            raise SmolChatError(f"the runtime graph lacks outputs {missing or ['logits']}: "
-                                f"rebuild the bundle (./build.sh bundle)")
-        self._uses = {n: n in inputs for n in ("attention_mask", "position_ids")}
-        self._past_names_js = _to_js(self._past_names)
-        self._present_names_js = _to_js(present)
-        heads = int(self.config.get("num_key_value_heads", self.config.get("num_attention_heads")))
-        head_dim = int(self.config.get("head_dim") or
-                       self.config["hidden_size"] // self.config["num_attention_heads"])
-        self._kv_shape = (heads, head_dim)  # each KV tensor is [1, heads, positions, head_dim]
-        self._kv = self._glue.emptyKV(len(self._past_names), heads, head_dim)  # JS Array
-        self._logits = None  # ort.Tensor [1, 1, vocab] (or [1, s, vocab]) of the last step
+        self._kv_count = sum(1 for n in inputs if n.startswith("past_key_values."))
+        self._has_logits = False
         self._length = 0     # positions in the KV cache
 
     # -- protocol ---------------------------------------------------------------------------
@@ -106,7 +95,9 @@ class OrtWebBackend:
             "threads": self._threads,
             "cross_origin_isolated": self._isolated,
             "max_context": self.max_context,
-            "kv_tensors": len(self._past_names),
+            "kv_tensors": self._kv_count,
+            "kv_cache": "wasm-heap" if self._kv_cache == "heap" else "js-tensors",
+            "kv_cache_note": self._kv_cache_note,
             "bundle_url": self._bundle_url,
             "ort_version": self._versions.get("ort"),
             "pyodide_version": self._versions.get("pyodide"),
@@ -127,7 +118,7 @@ class OrtWebBackend:
     @property
     def ort_run_ms(self) -> float:
         """ms inside session.run since the worker started (JS clock, a running total)."""
-        return float(self._glue.runMs())
+        return float(self._runner.runMs)
 
     async def forward(self, token_ids: Sequence[int]) -> None:
         if self._session is None:
@@ -136,69 +127,61 @@ class OrtWebBackend:
         if n < 1:
             raise ValueError("forward needs at least one token")
         past = self._length
-        feeds = self._glue.stepFeeds(self._past_names_js, self._kv, _to_js(list(token_ids)),
-                                     past, self._uses["attention_mask"], self._uses["position_ids"])
+        self._has_logits = False
         try:
-            results = await self._glue.run(self._session, feeds)
+            length = int(await self._runner.forward(_to_js(list(token_ids))))
         except Exception as e:  # ORT throws plain Errors; OOM is the one users can act on
-            if self._glue.isOutOfMemory(str(e)):
+            text = str(e)
+            if self._glue.isOutOfMemory(text):
                 raise OutOfMemory("the browser ran out of memory while running the model: "
                                   "close other tabs, shorten the chat, or reload") from e
+            if "kv_mismatch: " in text:
+                raise KVCacheMismatch(text.split("kv_mismatch: ", 1)[1]) from e
             raise
-        finally:
-            self._glue.disposeInputs(feeds)
-        step = self._glue.collect(results, self._present_names_js)
-        length = int(step.length)
         if length != past + n:
-            self._glue.disposeStep(step)
-            raise KVCacheMismatch(f"graph returned {length} cached positions, expected "
+            raise KVCacheMismatch(f"the runtime holds {length} cached positions, expected "
                                   f"{past + n}: the bundle's graph does not match the runtime")
-        self._glue.disposeAll(self._kv)
-        if self._logits is not None:
-            self._glue.disposeTensor(self._logits)
-        self._kv = step.kv
-        self._logits = step.logits
         self._length = length
+        self._has_logits = True
 
     async def truncate(self, length: int) -> None:
         if not 0 <= length <= self._length:
             raise KVCacheMismatch(f"truncate({length}) with {self._length} cached positions")
         if length == self._length:
             return
-        heads, head_dim = self._kv_shape
-        kv = (self._glue.emptyKV(len(self._past_names), heads, head_dim) if length == 0
-              else self._glue.sliceKV(self._kv, length))
-        self._glue.disposeAll(self._kv)
-        self._kv = kv
-        if self._logits is not None:
-            self._glue.disposeTensor(self._logits)
-            self._logits = None
+        self._runner.truncate(length)
+        self._has_logits = False
         self._length = length
 
     def candidates(self, k: int, repetition_penalty: float = 1.0,
                    penalty_ids: Sequence[int] = ()) -> tuple[list[int], list[float]]:
-        if self._logits is None:
+        if not self._has_logits:
             raise KVCacheMismatch("candidates() before forward(): no logits yet")
         ids_js = _to_js(list(penalty_ids)) if repetition_penalty != 1.0 and penalty_ids else None
-        pair = self._glue.topK(self._logits, int(k), float(repetition_penalty), ids_js)
+        pair = self._runner.topK(int(k), float(repetition_penalty), ids_js)
         ids, values = pair.to_py()
         return ids, values
 
     async def close(self) -> None:
-        if self._kv is not None:
-            self._glue.disposeAll(self._kv)
-            self._kv = None
-        if self._logits is not None:
-            self._glue.disposeTensor(self._logits)
-            self._logits = None
+        if self._runner is not None:
+            self._runner.dispose()
+            self._runner = None
         if self._session is not None:
             await self._session.release()
             self._session = None
+        self._has_logits = False
         self._length = 0
 
     def live_tensors(self) -> int:
-        """ort.Tensors created by the glue and not yet disposed (60 KV + 1 logits at rest)."""
-        return int(self._glue.liveTensors())
+        """ort.Tensors created by the runner and not yet disposed: 60 KV + 1 logits at rest on
+        the JS-tensor path, 0 on the heap path (its heap blocks: heap_blocks())."""
+        return int(self._runner.liveTensors()) if self._runner is not None else 0
+
+    def heap_blocks(self) -> int | None:
+        """Heap blocks the heap runner holds (constant between steps once grown), else None."""
+        if self._runner is None or self._kv_cache != "heap":
+            return None
+        return int(self._runner.heapBlocks())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,7 +275,8 @@ class WorkerHost:
                 raise SmolChatError(f"unknown call {name!r}")
             result = getattr(engine, name)(*json.loads(args_json))
             if name == "health" and isinstance(result, dict) and self.backend is not None:
-                result = {**result, "live_tensors": self.backend.live_tensors()}
+                result = {**result, "live_tensors": self.backend.live_tensors(),
+                          "heap_blocks": self.backend.heap_blocks()}
             return _ok(result)
         except Exception as e:
             return _err(e)

@@ -106,11 +106,13 @@ def test_instruct_ignores_and_keeps_the_history(api):
       const plain = await bot.instruct('Say hello.', { temperature: 0, maxTokens: 8 });
       return { before, after, reply, plain };""")
     assert r["after"] == r["before"] and len(r["before"]) == 2
-    # No history in the prompt: the same prompt ids with and without a conversation. (The
-    # texts are not compared: on 2026-11-22 the int8 graph's greedy text depended on how much
-    # of the prompt came from the KV cache, so equal prompts could decode differently.)
+    # No history in the prompt: the same prompt ids with and without a conversation, and the
+    # same greedy reply although the second call found most of its prompt in the KV cache
+    # (one attention path for prefill and decode since code version 2026-12-03.19).
     assert r["reply"]["prompt_token_ids"] == r["plain"]["prompt_token_ids"]
-    assert r["reply"]["text"].strip() and r["plain"]["text"].strip()
+    assert r["plain"]["cached_prompt_tokens"] > 0
+    assert r["reply"]["output_token_ids"] == r["plain"]["output_token_ids"]
+    assert r["reply"]["text"].strip()
 
 
 def test_history_round_trip(api):
@@ -255,3 +257,40 @@ def test_the_example_page_buttons(api):
     page.wait_for_function("() => document.getElementById('out').textContent.includes('AbortError')")
     assert "cache: hit" in page.text_content("#status")
     assert api.errors == []
+
+
+GREEDY_PROMPTS = [FRANCE, "Name three fruits.", "Write a haiku about the sea."]
+
+
+def test_greedy_ids_agree_across_kv_paths_and_with_cpython(api, kit):
+    """Reproducible greedy: the page's heap KV cache (ort_heap.js), ORT's public session.run
+    path (heapKV: false, a second instance in the same page) and the CPython engine give the
+    same ids for the same prompts; in the browser the second asking of each prompt finds its
+    prefix in the KV cache and still gives the same ids."""
+    r = call(api, """const { SmolChat } = await import('/smolchat.js');
+      const plain = await SmolChat.load({ bundleUrl: '/models/smollm2-135m-instruct-compact/', heapKV: false });
+      const out = { heap: [], again: [], plain: [], kinds: [(await bot.info()).kv_cache, (await plain.info()).kv_cache],
+                    note: (await plain.info()).kv_cache_note };
+      for (const p of arg) {
+        out.heap.push((await bot.instruct(p, { temperature: 0, maxTokens: 24 })).output_token_ids);
+        out.again.push((await bot.instruct(p, { temperature: 0, maxTokens: 24 })).output_token_ids);
+        out.plain.push((await plain.instruct(p, { temperature: 0, maxTokens: 24 })).output_token_ids);
+      }
+      await plain.unload();
+      return out;""", GREEDY_PROMPTS)
+    assert r["kinds"] == ["wasm-heap", "js-tensors"] and "heapKV: false" in r["note"]
+    assert r["heap"] == r["again"] == r["plain"]
+
+    import asyncio
+    from smolchat import ChatEngine
+    from smolchat.backend_onnx import OnnxBackend
+
+    async def cpython():
+        engine = ChatEngine(OnnxBackend.load(str(kit.COMPACT)))
+        got = []
+        for p in GREEDY_PROMPTS:
+            got.append((await engine.instruct(p, temperature=0, max_tokens=24).result()).output_token_ids)
+        return got
+    from concurrent.futures import ThreadPoolExecutor   # sync Playwright holds this thread's loop
+    with ThreadPoolExecutor(1) as pool:
+        assert pool.submit(asyncio.run, cpython()).result() == r["heap"]

@@ -1,5 +1,10 @@
 // Tensor and vocabulary helpers that py_runtime/smolchat/bridge.py calls, so Python never
-// loops over a 49,152-wide logits row or builds tensors element by element.
+// loops over a 49,152-wide logits row or builds tensors element by element, and the two ways
+// a decode step runs: HeapRunner (ort_heap.js: the KV cache stays in ORT's wasm heap) and,
+// where that is not available, TensorRunner here (ORT's public session.run; every KV tensor
+// copied into the heap and out again each step). Both have the same interface:
+//   await forward(ids) -> positions cached; topK(k, penalty, ids); logitsRow(); truncate(n);
+//   length; runMs; liveTensors(); dispose(); kind ('heap' | 'tensors').
 //
 // Shapes: input_ids / position_ids [1, s] int64; attention_mask [1, past + s] int64;
 // KV tensors [1, heads, positions, head_dim] float32, kept in ONE JS array ordered like the
@@ -87,12 +92,15 @@ export function sliceKV(kv, length) {
 
 // Top-k (ids, logits) of the last position, best first, ties to the lower id, after the
 // HF repetition penalty on penaltyIds (positive logits / penalty, negative * penalty).
-// Returns [ids[], values[]] (plain arrays: Python converts them in one call).
+// `logits`: a Float32Array row [vocab], or a tensor-like {dims: [..., vocab], data} (its last
+// row is used). Returns [ids[], values[]] (plain arrays: Python converts them in one call).
 export function topK(logits, k, penalty, penaltyIds) {
-  const dims = logits.dims;
-  const vocab = dims[dims.length - 1];
-  const all = logits.data;
-  const row = all.subarray(all.length - vocab);
+  let row = logits;
+  if (logits.dims) {
+    const vocab = logits.dims[logits.dims.length - 1];
+    row = logits.data.subarray(logits.data.length - vocab);
+  }
+  const vocab = row.length;
   let adjusted = null;
   if (penaltyIds && penalty !== 1) {
     adjusted = new Map();
@@ -133,4 +141,78 @@ export function encode(tokenizer, text) {
 
 export function isOutOfMemory(text) {
   return /out of memory|\bOOM\b|allocation failed|cannot enlarge memory/i.test(text);
+}
+
+// The decode loop's runs through ORT's public API: the KV cache is one JS array of ort.Tensor
+// (order: the session's past_key_values.* input names), replaced after each step.
+export class TensorRunner {
+  constructor(session, heads, headDim) {
+    this.kind = 'tensors';
+    this.session = session;
+    this.heads = heads;
+    this.headDim = headDim;
+    this.pastNames = session.inputNames.filter((n) => n.startsWith('past_key_values.'));
+    this.presentNames = this.pastNames.map((n) => 'present.' + n.slice('past_key_values.'.length));
+    const missing = [...this.presentNames, 'logits'].filter((n) => !session.outputNames.includes(n));
+    if (missing.length) throw new Error(`bundle_corrupt: the runtime graph lacks outputs ${missing.join(', ')}`);
+    this.useMask = session.inputNames.includes('attention_mask');
+    this.usePositions = session.inputNames.includes('position_ids');
+    this.kv = emptyKV(this.pastNames.length, heads, headDim);
+    this.logits = null;
+    this.length = 0;
+  }
+
+  get runMs() { return runTotal; }
+
+  async forward(ids) {
+    const past = this.length;
+    const feeds = stepFeeds(this.pastNames, this.kv, ids, past, this.useMask, this.usePositions);
+    let results;
+    try {
+      results = await run(this.session, feeds);
+    } finally {
+      disposeInputs(feeds);
+    }
+    const step = collect(results, this.presentNames);
+    if (step.length !== past + ids.length) {
+      disposeStep(step);
+      throw new Error(`kv_mismatch: graph returned ${step.length} cached positions, expected ${past + ids.length}: the bundle's graph does not match the runtime`);
+    }
+    disposeAll(this.kv);
+    drop(this.logits);
+    this.kv = step.kv;
+    this.logits = step.logits;
+    this.length = step.length;
+    return this.length;
+  }
+
+  logitsRow() { return this.logits ? topRow(this.logits) : null; }
+
+  topK(k, penalty, penaltyIds) { return topK(this.logits, k, penalty, penaltyIds); }
+
+  truncate(length) {
+    if (!(length >= 0 && length <= this.length)) throw new Error(`kv_mismatch: truncate(${length}) with ${this.length} cached positions`);
+    if (length === this.length) return;
+    const kv = length === 0 ? emptyKV(this.pastNames.length, this.heads, this.headDim) : sliceKV(this.kv, length);
+    disposeAll(this.kv);
+    drop(this.logits);
+    this.kv = kv;
+    this.logits = null;
+    this.length = length;
+  }
+
+  liveTensors() { return live; }
+
+  dispose() {
+    disposeAll(this.kv);
+    this.kv = [];
+    drop(this.logits);
+    this.logits = null;
+    this.length = 0;
+  }
+}
+
+function topRow(logits) {
+  const vocab = logits.dims[logits.dims.length - 1];
+  return logits.data.subarray(logits.data.length - vocab);
 }

@@ -76,11 +76,13 @@ export class SmolChat {
   // Create an instance and load the bundle. onProgress({stage, percent, loaded?, total?}),
   // stages: download, python, compile, warmup. threads: default 2 if crossOriginIsolated, else 1.
   // cache: false skips Cache Storage (bundle_cache.js); info() reports from_cache and cache.
-  static async load({ bundleUrl = defaultBundleUrl(), onProgress, threads, systemPrompt, contextWindow, cache } = {}) {
+  // heapKV: false keeps the KV cache in JS tensors instead of ORT's wasm heap (ort_heap.js;
+  // info().kv_cache says which runs, kv_cache_note why not the heap).
+  static async load({ bundleUrl = defaultBundleUrl(), onProgress, threads, systemPrompt, contextWindow, cache, heapKV } = {}) {
     const bot = new SmolChat();
     try {
       bundleUrl = new URL(bundleUrl, globalThis.location.href).href; // relative to the page
-      bot.#info = await bot.#send(Request.LOAD, { bundleUrl, threads, systemPrompt, contextWindow, cache }, { onProgress });
+      bot.#info = await bot.#send(Request.LOAD, { bundleUrl, threads, systemPrompt, contextWindow, cache, heapKV }, { onProgress });
     } catch (e) {
       bot.#worker.terminate();
       throw e;

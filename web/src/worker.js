@@ -11,6 +11,7 @@ import * as ort from './vendor/ort/ort.wasm.min.mjs';
 import { loadPyodide } from './vendor/pyodide/pyodide.mjs';
 import { Tokenizer } from './vendor/tokenizers/tokenizers.min.mjs';
 import * as glue from './ort_glue.js';
+import { makeRunner } from './ort_heap.js';
 import { downloadBundle, createSession } from './bundle_loader.js';
 import { Request, Reply, overallPercent } from './protocol.js';
 import { makeError, toSmolChatError, errorFromWire } from './errors.js';
@@ -67,12 +68,20 @@ async function load(id, content) {
   }
 }
 
-async function loadModel(id, { bundleUrl, threads, systemPrompt, contextWindow, cache }) {
+// ORT imports its wasm factory through ort_wasm_capture.js so that ort_heap.js can keep the KV
+// cache in ORT's heap. Only from our own origin: a worker started by the widget on another
+// origin may have ORT preload the factory as a blob: URL, whose relative import would break.
+const SAME_ORIGIN = new URL(import.meta.url).origin === self.location.origin;
+
+async function loadModel(id, { bundleUrl, threads, systemPrompt, contextWindow, cache, heapKV }) {
   const t0 = performance.now();
   const isolated = self.crossOriginIsolated === true;
   const want = threads || (isolated ? 2 : 1);
   const numThreads = isolated ? want : 1;
-  ort.env.wasm.wasmPaths = here('./vendor/ort/');
+  const heap = heapKV !== false && SAME_ORIGIN;
+  ort.env.wasm.wasmPaths = heap
+    ? { mjs: here('./ort_wasm_capture.js'), wasm: here('./vendor/ort/ort-wasm-simd-threaded.wasm') }
+    : here('./vendor/ort/');
   ort.env.wasm.numThreads = numThreads;   // must be set before the first session
   ort.env.wasm.proxy = false;             // we already are in a worker
   const progress = (stage, fraction, extra = {}) => post(Reply.PROGRESS, id, {
@@ -97,8 +106,18 @@ async function loadModel(id, { bundleUrl, threads, systemPrompt, contextWindow, 
   const session = await createSession(ort, bundle);
   const compileMs = performance.now() - t1;
   progress('compile', 1);
+  const config = JSON.parse(bundle.texts['config.json']);
+  const heads = config.num_key_value_heads ?? config.num_attention_heads;
+  const { runner, reason } = await makeRunner(ort, session, {
+    heads, headDim: config.head_dim ?? config.hidden_size / config.num_attention_heads,
+    vocab: config.vocab_size }, { heap });
+  // why the KV cache is not in ORT's heap (null when it is): reported by info()
+  const kvCacheNote = heap ? reason
+    : heapKV === false ? 'turned off by the caller (heapKV: false)' : 'the worker was started from another origin';
+  if (kvCacheNote) console.info(`SmolChat: the KV cache is kept in JS tensors: ${kvCacheNote}`);
   const res = {
-    session, tokenizer, glue, bundleUrl: url, threads: ort.env.wasm.numThreads,
+    session, runner, kvCacheNote: kvCacheNote || "",
+    tokenizer, glue, bundleUrl: url, threads: ort.env.wasm.numThreads,
     crossOriginIsolated: isolated,
     versions: { ort: ort.env.versions.web, pyodide: pyodide.version },
     texts: {
