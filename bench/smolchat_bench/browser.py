@@ -142,7 +142,8 @@ class BrowserRep:
     rss_total_peak_bytes: int = 0   # every process of this Chromium
 
 
-def run_rep(pw, page_url: str, max_tokens: int, long_text: str = prompts.LONG) -> dict:
+def run_rep(pw, page_url: str, max_tokens: int, long_text: str = prompts.LONG,
+            contexts: dict | None = None) -> dict:
     (BENCH_CACHE / "profiles").mkdir(parents=True, exist_ok=True)
     profile = Path(tempfile.mkdtemp(prefix="chromium-", dir=BENCH_CACHE / "profiles"))
     try:
@@ -159,6 +160,9 @@ def run_rep(pw, page_url: str, max_tokens: int, long_text: str = prompts.LONG) -
             br.reset(None)
             rep.turns["long"] = br.turn(long_text, 1)
             rep.uasm.append(br.memory())
+            for name, text in (contexts or {}).items():   # the context sweep (prompts.py)
+                br.reset(None)
+                rep.turns[name] = br.turn(text, prompts.CONTEXT_TOKENS)
             time.sleep(0.3)  # one more RSS sample after the last step
             rep.rss_page_peak_bytes, rep.rss_total_peak_bytes = br.rss.peak_renderer, br.rss.peak_total
         with Chromium(pw, profile) as br:

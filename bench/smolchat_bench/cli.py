@@ -66,6 +66,9 @@ class LoadSampler:
 def parse_args(argv):
     ap = argparse.ArgumentParser(prog="python -m smolchat_bench", description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="16 tokens, 1 repetition")
+    ap.add_argument("--contexts", choices=("on", "off"),
+                    help="the context sweep: decode at ~50/500/1,500 tokens of past, prefill of "
+                         "~1,500 tokens (default: on in full mode, off with --quick)")
     ap.add_argument("--systems", default=",".join(ALL_SYSTEMS),
                     help=f"comma-separated subset of {','.join(ALL_SYSTEMS)}")
     ap.add_argument("--threads", default="1,2", help="thread counts, e.g. 1,2")
@@ -84,6 +87,7 @@ def parse_args(argv):
     a.threads = [int(t) for t in a.threads.split(",")]
     if any(t < 1 or t > 16 for t in a.threads):
         ap.error("--threads values must be 1..16")
+    a.contexts = (a.contexts or ("off" if a.quick else "on")) == "on"
     a.reps = a.reps or (1 if a.quick else 3)
     a.max_tokens = a.max_tokens or (16 if a.quick else 128)
     if a.reps < 1 or not 2 <= a.max_tokens <= 1024:
@@ -108,7 +112,8 @@ def prompt_token_counts(quick: bool) -> dict:
                               add_special_tokens=False).ids)
     return {"first": n([{"role": "system", "content": prompts.SYSTEM_PROMPT},
                         {"role": "user", "content": prompts.FIRST}]),
-            "long": n([{"role": "user", "content": prompts.long_prompt(quick)}])}
+            "long": n([{"role": "user", "content": prompts.long_prompt(quick)}]),
+            **{k: n([{"role": "user", "content": v}]) for k, v in prompts.CONTEXTS.items()}}
 
 
 def smolchat_unavailable(bundle_id: str) -> str | None:
@@ -160,7 +165,8 @@ def run_browser(args, systems: list[str], results: dict, n_long: int | None, che
                                   f"&bundle={args.smolchat_bundle}")
                     t0 = time.monotonic()
                     try:
-                        r = browser.run_rep(pw, url, args.max_tokens, prompts.long_prompt(args.quick))
+                        r = browser.run_rep(pw, url, args.max_tokens, prompts.long_prompt(args.quick),
+                                            prompts.CONTEXTS if args.contexts else None)
                     except Exception as e:
                         reason = str(e) if isinstance(e, browser.SystemUnavailable) else \
                             f"{type(e).__name__}: {e}"
@@ -187,7 +193,7 @@ def _assemble_browser(args, todo, reps, info, results, n_long) -> None:
             if not rs:
                 continue
             runs[str(threads)] = {"threads": threads, **info[(s, threads)],
-                                  "metrics": metrics.figures(rs, n_long),
+                                  "metrics": metrics.figures(rs, n_long, args.prompt_tokens),
                                   "tokens": metrics.token_counts(rs),
                                   "decode_profile": metrics.decode_profile(rs),
                                   "engine_reported": metrics.engine_reported(rs),
@@ -237,7 +243,8 @@ def run_native(args, results: dict, n_long: int | None, checkpoint) -> None:
                 log(f"{name}, {threads} thread(s), {args.reps} repetition(s)")
                 cmd = [sys.executable, "-m", "smolchat_bench.native", *argv, "--threads",
                        str(threads), "--max-tokens", str(args.max_tokens), "--reps", str(args.reps),
-                       *(["--quick"] if args.quick else [])]
+                       *(["--quick"] if args.quick else []),
+                       *(["--contexts"] if args.contexts else [])]
                 t0 = time.monotonic()
                 p = subprocess.run(cmd, capture_output=True, text=True, env=_child_env())
                 log(f"{name}, {threads} thread(s): {time.monotonic() - t0:.1f} s")
@@ -249,7 +256,7 @@ def run_native(args, results: dict, n_long: int | None, checkpoint) -> None:
                     r["rss_page_peak_bytes"] = res["rss_peak_bytes"]
                 runs[str(threads)] = {"threads": threads, "info": res["info"],
                                       "cross_origin_isolated": None,
-                                      "metrics": metrics.figures(rs, n_long),
+                                      "metrics": metrics.figures(rs, n_long, args.prompt_tokens),
                                       "tokens": metrics.token_counts(rs),
                                       "decode_profile": metrics.decode_profile(rs),
                                       "raw": [_strip(r) for r in rs]}
@@ -327,12 +334,14 @@ def main(argv=None) -> None:
     if browser_systems:
         deps.ensure_node_modules(log)
     n_prompt = prompt_token_counts(args.quick)
+    args.prompt_tokens = n_prompt
     results = {
         "schema": report.SCHEMA,
         "mode": "quick" if args.quick else "full",
         "created_utc": started.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "settings": {"systems": args.systems, "threads": args.threads, "reps": args.reps,
                      "max_new_tokens": args.max_tokens, "sampling": "greedy",
+                     "context_sweep": args.contexts, "context_tokens": prompts.CONTEXT_TOKENS,
                      "prompt_tokens": n_prompt,
                      "prompts": {"system": prompts.SYSTEM_PROMPT, "first": prompts.FIRST,
                                  "followup": prompts.FOLLOW_UP,

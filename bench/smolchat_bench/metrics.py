@@ -7,6 +7,9 @@ times[i] when the i-th streamed piece arrived (ms, same clock). Definitions:
 - decode_tok_s = (n - 1) / (times[-1] - times[0]) with n the generated tokens (the system's
   own count when it reports one, else the number of pieces);
 - prefill_tok_s = prompt tokens of the ~500-token turn / its ttft.
+- the context sweep (when run): decode_ctx{50,500,1500}_tok_s = decode_tok_s of the first turn
+  (~50 tokens of past) and of the ctx500 / ctx1500 turns; prefill_ctx1500_tok_s = the
+  ctx1500 turn's prompt tokens / its ttft.
 """
 
 from __future__ import annotations
@@ -23,6 +26,10 @@ METRICS = {
     "ttft_followup_ms": ("ms", "lower", "TTFT follow-up message (ms)"),
     "decode_tok_s": ("tok/s", "higher", "decode (tok/s)"),
     "prefill_tok_s": ("tok/s", "higher", "prefill, ~500-token prompt (tok/s)"),
+    "decode_ctx50_tok_s": ("tok/s", "higher", "decode at ~50 tokens of past (tok/s)"),
+    "decode_ctx500_tok_s": ("tok/s", "higher", "decode at ~500 tokens of past (tok/s)"),
+    "decode_ctx1500_tok_s": ("tok/s", "higher", "decode at ~1,500 tokens of past (tok/s)"),
+    "prefill_ctx1500_tok_s": ("tok/s", "higher", "prefill, ~1,500-token prompt (tok/s)"),
     "memory_uasm_mb": ("MB", "lower", "peak JS+wasm memory, measureUserAgentSpecificMemory (MB)"),
     "memory_rss_page_mb": ("MB", "lower", "peak RSS, page renderer / native process (MB)"),
     "memory_rss_total_mb": ("MB", "lower", "peak RSS, all browser processes (MB)"),
@@ -55,7 +62,8 @@ def decode_tok_s(turn: dict) -> float | None:
     return (n - 1) / ((times[-1] - times[0]) / 1000.0)
 
 
-def figures(reps: list[dict], prompt_tokens_long: int | None) -> dict:
+def figures(reps: list[dict], prompt_tokens_long: int | None,
+            prompt_tokens_ctx: dict | None = None) -> dict:
     """Per-repetition records -> {metric: summary}. A record holds ready_cold_ms,
     ready_cached_ms?, turns{first, followup, long}, uasm [{bytes, by_scope}|None],
     rss_page_peak_bytes, rss_total_peak_bytes when measured."""
@@ -70,6 +78,13 @@ def figures(reps: list[dict], prompt_tokens_long: int | None) -> dict:
         n_long = prompt_tokens_long or t["long"].get("promptTokens")
         tt = ttft_ms(t["long"])
         col["prefill_tok_s"].append(n_long / (tt / 1000.0) if n_long and tt else None)
+        if "ctx1500" in t:   # the context sweep ran
+            col["decode_ctx50_tok_s"].append(decode_tok_s(t["first"]))
+            col["decode_ctx500_tok_s"].append(decode_tok_s(t["ctx500"]))
+            col["decode_ctx1500_tok_s"].append(decode_tok_s(t["ctx1500"]))
+            n_ctx = (prompt_tokens_ctx or {}).get("ctx1500") or t["ctx1500"].get("promptTokens")
+            tt = ttft_ms(t["ctx1500"])
+            col["prefill_ctx1500_tok_s"].append(n_ctx / (tt / 1000.0) if n_ctx and tt else None)
         uasm = [m["bytes"] for m in r.get("uasm") or [] if m]
         col["memory_uasm_mb"].append(max(uasm) / MB if uasm else None)
         page = r.get("rss_page_peak_bytes")
@@ -82,7 +97,9 @@ def figures(reps: list[dict], prompt_tokens_long: int | None) -> dict:
 def token_counts(reps: list[dict]) -> dict:
     """What was actually generated/prefilled (to see that every system ran the same work)."""
     out = {}
-    for name in ("first", "followup", "long"):
+    for name in ("first", "followup", "long", "ctx500", "ctx1500"):
+        if not all(name in r["turns"] for r in reps):
+            continue
         out[name] = {"generated": [generated(r["turns"][name]) for r in reps],
                      "prompt_tokens_reported": [r["turns"][name].get("promptTokens") for r in reps]}
     return out

@@ -124,7 +124,8 @@ class OrtChat:
                 "extra": {"prefill_profile": prof, "decode_profile": step_prof}}
 
 
-def run_ort(bundle: Path, threads: int, max_tokens: int, reps: int, long_text: str) -> dict:
+def run_ort(bundle: Path, threads: int, max_tokens: int, reps: int, long_text: str,
+            contexts: dict | None = None) -> dict:
     from smolchat.runtime_form import load_session
     from tokenizers import Tokenizer
     import onnxruntime
@@ -138,7 +139,7 @@ def run_ort(bundle: Path, threads: int, max_tokens: int, reps: int, long_text: s
         eos = gen.get("eos_token_id", 2)
         chat = OrtChat(sess, tok, cfg["chat_template"], tuple(eos if isinstance(eos, list) else [eos]))
         ready = _now_ms() - t0
-        out["reps"].append(_protocol(chat, ready, max_tokens, long_text))
+        out["reps"].append(_protocol(chat, ready, max_tokens, long_text, contexts))
         del chat, sess
     out["info"] = {"system": "onnxruntime-python", "version": onnxruntime.__version__,
                    "threads": threads, "model": f"{bundle.name} (runtime form)",
@@ -146,12 +147,16 @@ def run_ort(bundle: Path, threads: int, max_tokens: int, reps: int, long_text: s
     return out
 
 
-def _protocol(chat, ready_ms: float, max_tokens: int, long_text: str) -> dict:
+def _protocol(chat, ready_ms: float, max_tokens: int, long_text: str,
+              contexts: dict | None = None) -> dict:
     chat.reset(prompts.SYSTEM_PROMPT)
     turns = {"first": chat.send(prompts.FIRST, max_tokens),
              "followup": chat.send(prompts.FOLLOW_UP, max_tokens)}
     chat.reset(None)
     turns["long"] = chat.send(long_text, 1)
+    for name, text in (contexts or {}).items():     # the context sweep (prompts.py)
+        chat.reset(None)
+        turns[name] = chat.send(text, prompts.CONTEXT_TOKENS)
     return {"ready_cold_ms": ready_ms, "turns": turns}
 
 
@@ -183,7 +188,8 @@ class LlamaChat:
                 "promptTokens": None, "text": reply, "extra": None}
 
 
-def run_llamacpp(gguf: Path, threads: int, max_tokens: int, reps: int, long_text: str) -> dict:
+def run_llamacpp(gguf: Path, threads: int, max_tokens: int, reps: int, long_text: str,
+                 contexts: dict | None = None) -> dict:
     sys.path.insert(0, str(LLAMA_CPP_TARGET))
     import llama_cpp
     out = {"reps": []}
@@ -192,7 +198,7 @@ def run_llamacpp(gguf: Path, threads: int, max_tokens: int, reps: int, long_text
         llm = llama_cpp.Llama(model_path=str(gguf), n_threads=threads, n_threads_batch=threads,
                               n_ctx=2048, n_batch=512, verbose=False)
         ready = _now_ms() - t0
-        out["reps"].append(_protocol(LlamaChat(llm), ready, max_tokens, long_text))
+        out["reps"].append(_protocol(LlamaChat(llm), ready, max_tokens, long_text, contexts))
         del llm
     out["info"] = {"system": "llama.cpp", "version": f"llama-cpp-python {llama_cpp.__version__}",
                    "threads": threads, "model": gguf.name}
@@ -208,12 +214,14 @@ def main(argv=None) -> None:
     ap.add_argument("--max-tokens", type=int, required=True)
     ap.add_argument("--reps", type=int, required=True)
     ap.add_argument("--quick", action="store_true", help="the short long-prompt (prompts.py)")
+    ap.add_argument("--contexts", action="store_true", help="the context sweep (prompts.py)")
     a = ap.parse_args(argv)
     long_text = prompts.long_prompt(a.quick)
+    contexts = prompts.CONTEXTS if a.contexts else None
     if a.engine == "ort":
-        res = run_ort(a.bundle, a.threads, a.max_tokens, a.reps, long_text)
+        res = run_ort(a.bundle, a.threads, a.max_tokens, a.reps, long_text, contexts)
     else:
-        res = run_llamacpp(a.gguf, a.threads, a.max_tokens, a.reps, long_text)
+        res = run_llamacpp(a.gguf, a.threads, a.max_tokens, a.reps, long_text, contexts)
     # ru_maxrss is KiB on Linux: the peak of this whole process, all repetitions included.
     res["rss_peak_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     json.dump(res, sys.stdout)

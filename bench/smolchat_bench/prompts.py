@@ -7,6 +7,10 @@
 - LONG: a ~500-token user message in a new chat (no system prompt, so no shared prefix with
   the earlier chat): its time to first token gives the prefill rate. Quick mode uses only the
   passage's first paragraph (~140 tokens): wllama prefills ~10 tok/s on 1 thread here.
+- CONTEXTS (full mode): the context sweep. Each is a new chat with no system prompt whose
+  reply decodes after ~500 and ~1,500 tokens of past; the first turn above (~50 tokens of
+  past) is the short end. ctx1500's time to first token is also the prefill of a
+  ~1,500-token prompt. The long prompt is the passage three times over.
 """
 
 SYSTEM_PROMPT = "You are a friendly assistant. Answer in plain English, with care and detail."
@@ -55,3 +59,9 @@ LONG_QUICK = _PASSAGE.split("\n\n")[0] + "\n" + _ASK
 
 def long_prompt(quick: bool) -> str:
     return LONG_QUICK if quick else LONG
+
+CONTEXT_1500 = (_PASSAGE + "\n") * 3 + _ASK
+#: turn name -> user message (the ~50-token end of the sweep is the "first" turn)
+CONTEXTS = {"ctx500": LONG, "ctx1500": CONTEXT_1500}
+#: new tokens per context-sweep turn (enough for a steady decode rate at that past)
+CONTEXT_TOKENS = 48

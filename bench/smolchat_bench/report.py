@@ -21,6 +21,8 @@ TARGETS = {
     "ready_cached_ms": (None, 3000.0),
 }
 BROWSER_ANCHORS = ("wllama", "transformersjs")
+# Issue 16: SmolChat against native onnxruntime on the same runtime form, same run.
+NATIVE_REFERENCE = "native_ort"
 LABELS = {"smolchat": "SmolChat", "wllama": "wllama", "transformersjs": "transformers.js",
           "native_ort": "native ORT (runtime form)", "native_llamacpp": "native llama.cpp"}
 
@@ -92,11 +94,15 @@ def markdown(results: dict) -> str:
         if not avail:
             continue
         head = ["metric"] + [LABELS[k] for k in avail]
-        anchors = [a for a in BROWSER_ANCHORS if a in avail] if "smolchat" in avail else []
+        anchors = [a for a in (*BROWSER_ANCHORS, NATIVE_REFERENCE) if a in avail] \
+            if "smolchat" in avail else []
         head += [f"SmolChat vs {LABELS[a]}" for a in anchors]
         lines += [f"## {threads} thread{'s' if threads > 1 else ''}", "",
                   "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for name, (unit, better, label) in METRICS.items():
+            if "_ctx" in name and not any(
+                    (_run(results, k, threads)["metrics"].get(name) or {}).get("n") for k in avail):
+                continue   # the context sweep did not run (quick mode, --contexts off)
             row = [label]
             for k in avail:
                 row.append(_cell(_run(results, k, threads)["metrics"].get(name)))
@@ -106,12 +112,25 @@ def markdown(results: dict) -> str:
                 row.append("–" if adv is None else f"{adv:.2f}x")
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
+        lines += _context_ratios(results, avail, threads)
     lines += ["## Not measured", ""]
     missing = [f"- {LABELS.get(k, k)}: {v['reason']}" for k, v in results["systems"].items()
                if not v.get("available")]
     lines += (missing or ["- nothing: every system ran."]) + [""]
     lines += _targets(results) + _runtime_memory(results) + _profiles(results)
     return "\n".join(lines)
+
+
+def _context_ratios(results: dict, systems: list[str], threads: int) -> list[str]:
+    """Decode at ~1,500 tokens of past over decode at ~50, per system (issue 16: >= 0.8)."""
+    parts = []
+    for k in systems:
+        m = _run(results, k, threads)["metrics"]
+        a = (m.get("decode_ctx1500_tok_s") or {}).get("median")
+        b = (m.get("decode_ctx50_tok_s") or {}).get("median")
+        if a and b:
+            parts.append(f"{LABELS[k]} {a / b:.2f}")
+    return [f"Decode at ~1,500 tokens of past / at ~50: {', '.join(parts)}.", ""] if parts else []
 
 
 def _targets(results: dict) -> list[str]:

@@ -48,6 +48,34 @@ def test_metrics_definitions():
     assert f["decode_tok_s"]["n"] == 2
 
 
+def test_context_sweep_figures_and_ratio_line():
+    """Issue 16's sweep: decode at ~50 (the first turn), ~500 and ~1,500 tokens of past, the
+    ~1,500-token prefill, and the report's 1,500/50 ratio and SmolChat-vs-native column."""
+    def rep(scale):
+        return {"ready_cold_ms": 1.0, "turns": {
+            "first": _turn(0.0, [10.0, 10.0 + 100 * scale], tokens=2),              # 10/scale tok/s
+            "followup": _turn(0.0, [10.0, 20.0], tokens=2),
+            "long": _turn(0.0, [250.0], tokens=1, prompt=500),
+            "ctx500": _turn(0.0, [10.0, 10.0 + 125 * scale], tokens=2),             # 8/scale
+            "ctx1500": _turn(0.0, [3000.0, 3000.0 + 200 * scale], tokens=2, prompt=1500)}}
+    ours = metrics.figures([rep(1.0)], None)
+    assert ours["decode_ctx50_tok_s"]["median"] == pytest.approx(10.0)
+    assert ours["decode_ctx500_tok_s"]["median"] == pytest.approx(8.0)
+    assert ours["decode_ctx1500_tok_s"]["median"] == pytest.approx(5.0)
+    assert ours["prefill_ctx1500_tok_s"]["median"] == pytest.approx(500.0)
+    native = metrics.figures([rep(0.5)], None)                          # twice as fast
+    run = lambda f: {"available": True, "runs": {"1": {"metrics": f}}}  # noqa: E731
+    md = report.markdown({"mode": "full", "created_utc": "x", "load_average": {
+        "start": [0, 0, 0], "end": [0, 0, 0], "max_1min": 0}, "machine": {"cpus": 2, "chromium": "c"},
+        "settings": {"threads": [1], "reps": 1, "max_new_tokens": 2, "prompt_tokens": {}},
+        "systems": {"smolchat": run(ours), "native_ort": run(native)}})
+    assert "| decode at ~1,500 tokens of past (tok/s) | 5.0 | 10.0 | 0.50x |" in md
+    assert "Decode at ~1,500 tokens of past / at ~50: SmolChat 0.50, native ORT (runtime form) 0.50." in md
+    quick = metrics.figures([{**rep(1.0), "turns": {k: v for k, v in rep(1.0)["turns"].items()
+                                                   if not k.startswith("ctx")}}], None)
+    assert quick["decode_ctx50_tok_s"]["n"] == 0
+
+
 def test_advantage_direction():
     fast = metrics.summary([10.0], "ms", "lower")
     slow = metrics.summary([40.0], "ms", "lower")

@@ -1,4 +1,4 @@
-// Adapter: transformers.js 4.3.1, text-generation pipeline, int8 ONNX export (dtype q8) of the
+// Adapter: transformers.js 4.3.2, text-generation pipeline, int8 ONNX export (dtype q8) of the
 // same model, on its bundled ONNX Runtime Web (WASM). Everything local: wasm from
 // bench/node_modules/onnxruntime-web, model from /tjs/, remote models off. Its browser cache
 // (Cache API) keeps the model for a returning visitor. The pipeline has no KV reuse between

@@ -1,4 +1,4 @@
-// Adapter: wllama 3.8.1 (llama.cpp in WebAssembly) on the Q4_1 GGUF, from bench/node_modules.
+// Adapter: wllama 3.13.0 (llama.cpp in WebAssembly) on the Q4_1 GGUF, from bench/node_modules.
 // Chat through its OpenAI-style createChatCompletion with the GGUF's own ChatML template;
 // cache_prompt keeps the KV cache of the shared prefix across turns (its follow-up path).
 // The model is cached by wllama itself (OPFS) on first download: useCache.
@@ -14,7 +14,7 @@ export async function load({ threads }) {
   await wllama.loadModelFromUrl(new URL('/gguf/SmolLM2-135M-Instruct.Q4_1.gguf', location.href).href, {
     n_threads: threads, n_ctx: 2048, n_batch: 512, n_gpu_layers: 0, useCache: true,
   });
-  return { system: 'wllama', version: '3.8.1', multithread: wllama.isMultithread(),
+  return { system: 'wllama', version: '3.13.0', multithread: wllama.isMultithread(),
            threads: wllama.getNumThreads(), model: 'SmolLM2-135M-Instruct.Q4_1.gguf' };
 }
 
