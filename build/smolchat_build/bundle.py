@@ -56,7 +56,8 @@ def _source_key(spec: str | None, adapter: Path | None) -> dict:
 def _recipe(preset: str, quality_tokens: int) -> dict:
     r = {"preset": preset, "export": "optimum text-generation-with-past, fp32 (parity check)",
          "graph": "written with ORT fused ops: SkipSimplifiedLayerNormalization, "
-                  "RotaryEmbedding + MatMul/Softmax attention (prefill and decode alike), "
+                  "RotaryEmbedding + FusedMatMul / Softmax (rows padded to 64) / MatMul "
+                  "attention (prefill and decode alike), "
                   "QuickGelu, "
                   + ("MatMulIntegerToFloat" if preset == "compact" else "MatMul"),
          "quality_tokens": quality_tokens}

@@ -4,10 +4,13 @@ CPU operators (the WASM backend is the CPU execution provider compiled to WebAss
 * RMSNorm: SimplifiedLayerNormalization (first) and SkipSimplifiedLayerNormalization
   (residual add + norm in one node, com.microsoft);
 * attention: RotaryEmbedding (com.microsoft, non-interleaved as HF Llama's rotate_half) +
-  MatMul/Softmax with a causal mask, the kv_heads' query groups stacked so no key/value is
-  repeated, for prefill and decode alike (one path: a position's numbers do not depend on how
-  its prefix was forwarded); KV cache BNSH [1, kv_heads, past, head_dim] holding rotated keys. cos/sin tables [max_positions, head_dim/2] are a constant subgraph
-  (Range * inv_freq -> Cos/Sin) that ORT folds at load: not downloaded;
+  FusedMatMul (q k^T, transB) / Softmax (rows padded to a multiple of 64 columns: no
+  vectorization tail) / MatMul with a causal mask, the kv_heads' query
+  groups stacked so no key/value is repeated, for prefill and decode alike (one path: a
+  position's numbers do not depend on how its prefix was forwarded); KV cache BNSH
+  [1, kv_heads, past, head_dim] holding rotated keys. cos/sin tables [max_positions,
+  head_dim/2] are a constant subgraph (Range * inv_freq -> Cos/Sin) that ORT folds at load:
+  not downloaded;
 * linear layers: fp32 MatMul (preset exact) or, for compact, per-token symmetric int8
   activations (uint8, zero point 128) x int8 weights per output column in
   MatMulIntegerToFloat, then the per-token scale (8 small nodes quantize an activation once
@@ -52,6 +55,7 @@ from smolchat.runtime_form import LAST_POSITION_NODE
 
 MS = "com.microsoft"
 OPSET = 18
+SOFTMAX_BLOCK = 64   # attention rows padded to a multiple of this for Softmax (see `softmax`)
 
 
 def check_config(cfg) -> None:
@@ -226,6 +230,7 @@ def runtime_graph(model, tensors: dict, preset: str, float_feats: dict | None = 
     s_len = g.op("Shape", ["input_ids"], start=1, end=2)                      # [1]
     t_len = g.op("Shape", ["attention_mask"], start=1, end=2)                 # [1]
     zero, one = i64("k_zero", 0), i64("k_one", 1)
+    zero_1, axis_3 = i64("k_zero1", [0]), i64("k_axis3", [3])
     rows = g.op("Add", [g.op("Range", [zero, g.op("Squeeze", [s_len]), one]),
                         g.op("Sub", [t_len, s_len])])                         # [s] positions
     cols = g.op("Range", [zero, g.op("Squeeze", [t_len]), one])               # [T]
@@ -235,6 +240,22 @@ def runtime_graph(model, tensors: dict, preset: str, float_feats: dict | None = 
                                         g.const("a_zero", np.array(0.0, np.float32))]),
                          i64("k_tile", [grp, 1])])                            # [grp*s, T]
     c_qscale = g.const("a_qscale", np.array(1.0 / np.sqrt(hd), np.float32))
+    # Softmax rows padded with -inf to a multiple of SOFTMAX_BLOCK columns, sliced back after:
+    # ORT's vectorized softmax (MLAS) sums a row's exps in blocks and its tail apart, so a
+    # position's probabilities depended on the row's length T, i.e. on how many later tokens
+    # shared its prefill chunk (WebAssembly, 2026-12-03: a 40-token prompt forwarded as 17 + 23
+    # gave logits up to 0.23 off the whole prompt's, through the int8 requantization). Padded,
+    # every row has no tail and a position's sum is the same whatever T is.
+    blk = i64("k_sm_block", [SOFTMAX_BLOCK])
+    pad_n = g.op("Mod", [g.op("Sub", [blk, g.op("Mod", [t_len, blk])]), blk])      # [1]
+    sm_pads = g.op("Concat", [i64("k_sm_zeros7", [0] * 7), pad_n], axis=0)          # [8]
+
+    def softmax(sc: str) -> str:
+        """Softmax over the last axis of [1, kv, grp*s, T], computed on T padded to a
+        multiple of SOFTMAX_BLOCK with -inf (exp 0), then sliced back to T."""
+        padded = g.op("Pad", [sc, sm_pads, g.const("a_ninf", np.array(-np.inf, np.float32))],
+                      mode="constant")
+        return g.op("Slice", [g.op("Softmax", [padded], axis=-1), zero_1, t_len, axis_3])
 
     def attention(i: int, q: str, k: str, v: str) -> str:
         """q [1, s, nh*hd], k/v [1, s, nkv*hd] -> [1, s, nh*hd]; present.{i}.key/value
@@ -252,8 +273,10 @@ def runtime_graph(model, tensors: dict, preset: str, float_feats: dict | None = 
         ev = g.op("Concat", [past_v, g.op("Transpose", [g.op("Reshape", [v, kv4])],
                                           perm=[0, 2, 1, 3])], axis=2,
                   outputs=[f"present.{i}.value"])
-        sc = g.op("Add", [g.op("MatMul", [qg, g.op("Transpose", [ek], perm=[0, 1, 3, 2])]), mask])
-        o = g.op("MatMul", [g.op("Softmax", [sc], axis=-1), ev])             # [1, kv, grp*s, hd]
+        # q k^T without a transposed copy of the keys: FusedMatMul (com.microsoft) hands MLAS
+        # transB (ORT Web, Node, 1 thread, decode step at 1,500 tokens of past: -13%)
+        sc = g.op("Add", [g.op("FusedMatMul", [qg, ek], domain=MS, transB=1, alpha=1.0), mask])
+        o = g.op("MatMul", [softmax(sc), ev])                               # [1, kv, grp*s, hd]
         return g.op("Reshape", [g.op("Transpose", [g.op("Reshape", [
             o, i64(f"k_oh_{i}", [1, nh, -1, hd])])], perm=[0, 2, 1, 3]),
             i64(f"k_oa_{i}", [1, -1, nh * hd])])

@@ -93,7 +93,8 @@ REPRO_PROMPTS = ["Name three fruits.", "What is the capital of France?",
 def test_greedy_ids_do_not_depend_on_the_kv_cache_or_threads(preset):
     """Issue 15's reproducible greedy: the same instruction at temperature 0 gives the same ids
     whether its prompt was prefilled (first asking) or came from the KV cache but for its last
-    token (second asking), the same chat after clear() too, with 1 and 2 threads. (Before code
+    token (second asking), after a chat under another system prompt, and the same chat after
+    clear() too, with 1 and 2 threads. (Before code
     version 2026-12-03.19 a single-token step ran GroupQueryAttention and a prefill
     MatMul/Softmax: the two rounded differently and near-ties flipped.)"""
     from pathlib import Path
@@ -115,5 +116,12 @@ def test_greedy_ids_do_not_depend_on_the_kv_cache_or_threads(preset):
         engine.clear()
         chat2 = ask(engine, "chat", REPRO_PROMPTS[0], temperature=0, max_tokens=32)
         assert chat2.cached_prompt_tokens > 0 and chat2.output_token_ids == chat1.output_token_ids
+        # after a chat under another system prompt, the instructions' prefixes are prefilled
+        # again in chunks of other lengths: the same ids
+        engine.set_system_prompt("You are terse.")
+        ask(engine, "chat", "My name is Alice.", temperature=0, max_tokens=8)
+        after = [ask(engine, "instruct", p, temperature=0, max_tokens=32).output_token_ids
+                 for p in REPRO_PROMPTS]
+        assert after == got, (preset, threads)
         runs.append(got)
     assert runs[0] == runs[1], f"{preset}: 1 and 2 threads gave different greedy ids"

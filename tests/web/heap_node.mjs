@@ -7,6 +7,9 @@
 //   max_abs_diff           largest logit difference seen (0 when identical)
 //   whole_equals_steps     the script's final positions forwarded as one prompt give the same
 //                          logits bits as the step-by-step run (one attention path)
+//   chunkings_equal        a 300-token prompt forwarded in each of a few chunkings gives the
+//                          same logits bits as forwarded whole (a position's numbers do not
+//                          depend on which later tokens shared its chunk)
 //   heap_blocks            HeapRunner's heap blocks after the first and the last step
 //   truncate_error         the message of an out-of-range truncate
 // Usage: node heap_node.mjs SITE_DIR BUNDLE_DIR [THREADS]
@@ -65,7 +68,18 @@ heap.truncate(0);
 await heap.forward(history);
 out.whole_equals_steps = same(Array.from(heap.logitsRow()), out.last);
 delete out.last;
-try { heap.truncate(history.length + 1); } catch (e) { out.truncate_error = e.message; }
+const long = seq(1000, 300);
+heap.truncate(0);
+await heap.forward(long);
+const whole = Array.from(heap.logitsRow());
+out.chunkings_equal = [];
+for (const sizes of [[17, 23, 260], [1, 2, 3, 64, 100, 130], [299, 1], [150, 150], [63, 65, 172]]) {
+  heap.truncate(0);
+  let at = 0;
+  for (const n of sizes) { await heap.forward(long.slice(at, at + n)); at += n; }
+  out.chunkings_equal.push(same(Array.from(heap.logitsRow()), whole));
+}
+try { heap.truncate(heap.length + 1); } catch (e) { out.truncate_error = e.message; }
 heap.dispose(); plain.dispose();
 console.log(JSON.stringify(out));
 process.exit(0);

@@ -193,6 +193,7 @@ def test_no_tensor_leaks_across_replies(chat):
     """The KV cache lives in ORT's wasm heap (ort_heap.js): no ort.Tensor stays alive between
     steps, and the heap blocks it holds stay the same from reply to reply."""
     assert (chat.info["kv_cache"], chat.info["kv_cache_note"]) == ("wasm-heap", None)
+    assert chat.info["threads"] == 2 and chat.info["cross_origin_isolated"]   # ORT's pthreads
     before = chat.call("health()")
     for _ in range(2):
         chat.send(FRANCE, maxTokens=12)

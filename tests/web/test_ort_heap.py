@@ -1,9 +1,10 @@
 """The KV cache in ORT Web's wasm heap (web/src/ort_heap.js) against ORT's public session.run
 path (ort_glue.js TensorRunner), in Node on the site's own files: the same logits to the bit
 for every step of a script that prefills, decodes, grows the heap buffers, truncates mid-way
-and to zero; and one attention path (the positions forwarded whole give the same bits as
-forwarded step by step). The browser side: tests/web/test_chat_page.py (info().kv_cache) and
-tests/embed/test_api.py (heapKV: false gives the same greedy ids).
+and to zero; and reproducible greedy's ground: the positions forwarded whole give the same
+bits as forwarded step by step, and a 300-token prompt the same bits in five chunkings.
+The browser side, on 2 threads: tests/web/test_chat_page.py
+(info().kv_cache) and tests/embed/test_api.py (heapKV: false gives the same greedy ids).
 """
 
 from __future__ import annotations
@@ -30,10 +31,11 @@ def run_node(site: Path, bundle: Path, threads: int = 1) -> dict:
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("name,threads", [("tiny", 1), ("tiny", 2), ("compact", 1),
-                                          ("exact", 1)])
-def test_heap_runner_matches_session_run_bit_for_bit(site, name, threads):
-    r = run_node(site, BUNDLES[name], threads)
+@pytest.mark.parametrize("name", ["tiny", "compact", "exact"])
+def test_heap_runner_matches_session_run_bit_for_bit(site, name):
+    # 1 thread: ORT Web's threaded build cannot start in Node from file: URLs; the page runs
+    # the heap path on 2 threads (tests/web/test_chat_page.py, cross-origin isolated)
+    r = run_node(site, BUNDLES[name])
     assert (r["kind"], r["reason"]) == ("heap", None)
     assert r["lengths_equal"]
     assert r["identical"] == r["steps"] == 9, f"max |diff| {r['max_abs_diff']}"
@@ -42,4 +44,5 @@ def test_heap_runner_matches_session_run_bit_for_bit(site, name, threads):
     first, last = r["heap_blocks"]
     assert first == last, "heap blocks held changed after the buffers had grown"
     assert len(r["top"][0]) == 3 and r["top"][1] == sorted(r["top"][1], reverse=True)
-    assert "truncate(12) with 11 cached positions" in r["truncate_error"]
+    assert r["chunkings_equal"] == [True] * 5, "a prompt's logits depend on how it was chunked"
+    assert "truncate(301) with 300 cached positions" in r["truncate_error"]

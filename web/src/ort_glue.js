@@ -3,7 +3,7 @@
 // a decode step runs: HeapRunner (ort_heap.js: the KV cache stays in ORT's wasm heap) and,
 // where that is not available, TensorRunner here (ORT's public session.run; every KV tensor
 // copied into the heap and out again each step). Both have the same interface:
-//   await forward(ids) -> positions cached; topK(k, penalty, ids); logitsRow(); truncate(n);
+//   await forward(ids) -> positions cached; topK(k, ...); logitsRow(); truncate(n);
 //   length; runMs; liveTensors(); dispose(); kind ('heap' | 'tensors').
 //
 // Shapes: input_ids / position_ids [1, s] int64; attention_mask [1, past + s] int64;
@@ -188,7 +188,8 @@ export class TensorRunner {
 
   logitsRow() { return this.logits ? topRow(this.logits) : null; }
 
-  topK(k, penalty, penaltyIds) { return topK(this.logits, k, penalty, penaltyIds); }
+  // topK (below) of the last step's logits: (k, penalty, penaltyIds, ...the rest of topK's)
+  topK(k, ...rest) { return topK(this.logits, k, ...rest); }
 
   truncate(length) {
     if (!(length >= 0 && length <= this.length)) throw new Error(`kv_mismatch: truncate(${length}) with ${this.length} cached positions`);

@@ -242,10 +242,11 @@ export class HeapRunner {
     return new Float32Array(this.w.HEAPU8.buffer, this.logitsPtr, this.vocab);
   }
 
-  topK(k, penalty, penaltyIds) {
+  // ort_glue.js topK of the last position's logits, read in place: (k, penalty, penaltyIds, ...)
+  topK(k, ...rest) {
     const row = this.logitsRow();
     if (!row) throw new Error('kv_mismatch: no logits: forward() has not run since the last truncate');
-    return topK(row, k, penalty, penaltyIds);
+    return topK(row, k, ...rest);
   }
 
   // No ort.Tensor lives across steps here (the step's OrtValues are released at its end).
