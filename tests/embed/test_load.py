@@ -1,5 +1,6 @@
-"""The load path (web/src/worker.js + load_worker.js, issue 17), with the tiny random bundle:
-the bundle is read, verified, inflated and expanded on a helper thread while Python boots;
+"""The load path (web/src/worker.js + load_worker.js + python_snapshot.js, issue 17), with the
+tiny random bundle: the bundle is read, verified, inflated and expanded on a helper thread
+while Python boots (from a memory snapshot on a return visit, version-checked);
 every load reports its stages and one progress bar that says what it does; the cached and
 the network path both end ready and answering; a load that breaks half-way ends in a typed
 error that names the fix. No timing is asserted: only what ran, in which order, and what the
@@ -74,6 +75,7 @@ def test_network_then_cached_load_both_answer(blank, origin, kit):
     r = page.evaluate(LOAD_JS, TINY_URL)
     assert "info" in r, r
     assert (r["info"]["from_cache"], r["info"]["cache"]) == (False, "miss")
+    assert r["info"]["python_snapshot"] == "stored"
     check_load(page, r["info"])
     reply = page.evaluate("() => window.bot.chat('Hello', { maxTokens: 3, temperature: 0 })")
     assert reply["completion_tokens"] >= 1
@@ -82,6 +84,7 @@ def test_network_then_cached_load_both_answer(blank, origin, kit):
     r = page.evaluate(LOAD_JS, TINY_URL)
     assert "info" in r, r
     assert (r["info"]["from_cache"], r["info"]["cache"]) == (True, "hit")
+    assert r["info"]["python_snapshot"] == "hit"
     check_load(page, r["info"])
     reply = page.evaluate("() => window.bot.chat('Hello', { maxTokens: 3, temperature: 0 })")
     assert reply["completion_tokens"] >= 1
@@ -135,3 +138,44 @@ def test_weights_that_do_not_inflate_fail_half_way_as_bundle_corrupt(blank, kit)
     context.unroute("**/models/tiny-random/weights.bin")
     r = page.evaluate(LOAD_JS, TINY_URL)
     assert "info" in r, r
+
+
+SNAPSHOT_CACHE = "smolchat-python-snapshot"
+REWRITE_SNAPSHOT_JS = """async ([name, flipBuildId, version]) => {
+  const cache = await caches.open(name);
+  const [key] = await cache.keys();
+  const old = await cache.match(key);
+  const bytes = new Uint8Array(await old.arrayBuffer());
+  if (flipBuildId) for (let i = 16; i < 48; i++) bytes[i] ^= 0x5a;   // Pyodide's BUILD_ID field
+  const headers = new Headers(old.headers);
+  if (version) headers.set('x-pyodide-version', version);
+  await cache.put(key, new Response(bytes, { headers }));
+  return bytes.length;
+}"""
+
+
+def test_python_snapshot_is_used_on_return_and_its_version_is_checked(blank, origin):
+    """The first visit keeps a Pyodide memory snapshot, the next boots from it; a snapshot of
+    another Pyodide build (its build id) or version (our header) is refused, dropped and
+    replaced, and the load still ends ready and answering."""
+    page, _, errors = blank
+
+    def visit():
+        page.goto(f"{origin}/examples/widget.html")
+        r = page.evaluate(LOAD_JS, TINY_URL)
+        assert "info" in r, r
+        reply = page.evaluate("() => window.bot.chat('Hello', { maxTokens: 2, temperature: 0 })")
+        assert reply["completion_tokens"] >= 1
+        return r["info"]["python_snapshot"]
+
+    assert visit() == "stored"
+    assert visit() == "hit"
+    assert page.evaluate(REWRITE_SNAPSHOT_JS, [SNAPSHOT_CACHE, True, None]) > 1_000_000
+    state = visit()
+    assert state.startswith("rejected: Snapshot build id mismatch"), state
+    assert visit() == "hit"  # the refused one was replaced by a fresh snapshot
+    page.evaluate(REWRITE_SNAPSHOT_JS, [SNAPSHOT_CACHE, False, "0.0.1"])
+    state = visit()
+    assert state.startswith("rejected: made by Pyodide 0.0.1"), state
+    assert visit() == "hit"
+    assert errors == []

@@ -8,7 +8,8 @@
 // What this module ignores: the UI and the public API (smolchat.js, app.js).
 
 import * as ort from './vendor/ort/ort.wasm.min.mjs';
-import { loadPyodide } from './vendor/pyodide/pyodide.mjs';
+import { loadPyodide, version as pyodideVersion } from './vendor/pyodide/pyodide.mjs';
+import { openSnapshots } from './python_snapshot.js';
 import { Tokenizer } from './vendor/tokenizers/tokenizers.min.mjs';
 import * as glue from './ort_glue.js';
 import { createSession } from './bundle_loader.js';
@@ -47,20 +48,43 @@ async function siteInfo() {
 }
 
 // Pyodide + our wheel + smolchat.bridge.WorkerHost. mark(name, start) records a stage.
-async function bootPython(progress, mark) {
+// Return visits boot from a memory snapshot kept by the first (python_snapshot.js); a snapshot
+// that Pyodide refuses (another build) or fails on is dropped and Python boots without it.
+// -> {pyodide, host, snapshot: 'hit' | 'stored' | 'miss' | 'rejected: ...' | 'disabled: ...'}
+async function bootPython(progress, mark, { cache = true } = {}) {
   progress('python', 0, 'Starting Python');
   const info = await siteInfo();
   let t = performance.now();
-  const pyodide = await loadPyodide({ indexURL: here('./vendor/pyodide/'), stdout: () => {}, stderr: (s) => console.warn(s) });
+  const snapshots = await openSnapshots(pyodideVersion, { enabled: cache });
+  const options = { indexURL: here('./vendor/pyodide/'), stdout: () => {}, stderr: (s) => console.warn(s) };
+  let pyodide = null;
+  let stored = Promise.resolve();
+  const snapshot = await snapshots.read();
+  if (snapshot) {
+    try {
+      pyodide = await loadPyodide({ ...options, _loadSnapshot: snapshot });
+    } catch (e) {
+      await snapshots.reject(e);
+    }
+  }
+  if (!pyodide) {
+    const make = snapshots.wanted;
+    pyodide = await loadPyodide({ ...options, _makeSnapshot: make });
+    // (before our wheel: a snapshot may hold no JS object, and loading packages makes some)
+    if (make) {
+      try { stored = snapshots.store(pyodide.makeMemorySnapshot()); } catch (e) { stored = snapshots.reject(e); }
+    }
+  }
   t = mark('python_boot', t);
-  progress('python', 0.7, 'Loading the chat engine');
+  progress('python', 0.7, 'Loading the SmolChat Python package');
   await pyodide.loadPackage(here(info.wheel), { messageCallback: () => {} });
   const bridge = pyodide.pyimport('smolchat.bridge');
   const h = bridge.WorkerHost();
   bridge.destroy();
   mark('python_wheel', t);
   progress('python', 1, 'Python ready');
-  return { pyodide, host: h };
+  await stored;
+  return { pyodide, host: h, snapshot: snapshots.report() };
 }
 
 // A module worker from our own files. Started from another origin, this worker is a blob: URL
@@ -168,9 +192,10 @@ async function loadModel(id, { bundleUrl, threads, systemPrompt, contextWindow, 
     mark(name, start + shift, end + shift);
   });
   helper.bundle.catch(() => {});
-  let pyodide;
+  let pyodide, pythonSnapshot;
   try {
-    ({ pyodide, host } = await bootPython((stage, f, message) => progress(stage, f, message), mark));
+    ({ pyodide, host, snapshot: pythonSnapshot } = await bootPython(
+      (stage, f, message) => progress(stage, f, message), mark, { cache: cache !== false }));
   } catch (e) {
     helper.terminate();
     throw e;
@@ -215,6 +240,7 @@ async function loadModel(id, { bundleUrl, threads, systemPrompt, contextWindow, 
     warmup_ms: marks.warmup ? marks.warmup[1] - marks.warmup[0] : null,
     download_bytes: bundle.total,
     stages: marks, // {name: [start_ms, end_ms]} since the load began; helper stages overlap python
+    python_snapshot: pythonSnapshot, // 'hit' | 'stored' | 'miss' | 'rejected: ...' | 'disabled: ...'
     ...bundle.cache, // from_cache, cache ('hit' | 'miss' | 'disabled: <reason>'), cache_name, network_bytes
   };
   return { ...info, ...loadInfo };
