@@ -120,23 +120,19 @@ export function loadError(e) {
   return err;
 }
 
-// Session options beside the graph optimization level (measured in Node, ORT Web 1.30, see
-// README "Load time"): none changes what the session computes.
-const SESSION_OPTIONS = {
-  executionProviders: ['wasm'],
-};
-
-// bundle: downloadBundle's result, or load_worker.js's, which carries `data` (model.data,
-// expanded already) instead of `form`. onRead(bytes, total) is called as ORT copies external
-// data into the wasm heap (synchronously, inside session creation: progress can be posted).
+// bundle: downloadBundle's result, or load_worker.js's, which carries `parts` (model.data,
+// expanded already, runtime_form.js expandParts) instead of `form`. onRead(bytes, total) is
+// called as ORT copies external data into the wasm heap (synchronously, inside session
+// creation: progress can be posted).
 export async function createSession(ort, bundle, { onRead } = {}) {
-  const { runtimeDataSource } = await import('./runtime_form.js');
+  const { runtimeDataSource, runtimeDataFromParts } = await import('./runtime_form.js');
   let data;
   try {
     // the download form (weights.bin inflated since downloadBundle). model.data is expanded
     // from it tensor by tensor as ORT copies it into the wasm heap: the whole 142 MB file
     // never exists in JS (runtime_form.js, runtimeDataSource)
-    data = bundle.data || runtimeDataSource(bundle.manifest, await bundle.form);
+    data = bundle.parts ? runtimeDataFromParts(bundle.manifest, bundle.parts) // (empties parts)
+      : runtimeDataSource(bundle.manifest, await bundle.form);
   } catch (e) {
     throw loadError(e);
   }
@@ -145,7 +141,10 @@ export async function createSession(ort, bundle, { onRead } = {}) {
     // (an error of the expansion inside ORT's read surfaces as ORT's "failed to load external
     // data": bundle_corrupt below)
     return await ort.InferenceSession.create(bundle.graph, {
-      ...SESSION_OPTIONS,
+      // (no other session option measured faster in Node, ORT Web 1.30, 1 thread: prepacking
+      // off, the CPU arena off, or a graph saved pre-optimized by native ORT and loaded with
+      // optimization disabled; README "Load time")
+      executionProviders: ['wasm'],
       // manifest.runtime says which level the build verified ('basic': the graph is written
       // fused; 'all' miscomputed an earlier int8 graph's single-token steps). Same level as
       // smolchat.runtime_form.load_session.
@@ -160,7 +159,7 @@ export async function createSession(ort, bundle, { onRead } = {}) {
     throw err;
   } finally {
     bundle.form = null; // the download form is in the wasm heap now, expanded
-    bundle.data = null;
+    bundle.parts = null; // each tensor's buffer went with ORT's read of it
     bundle.graph = null;
   }
 }

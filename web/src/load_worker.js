@@ -19,7 +19,7 @@
 // What this module ignores: Python, ORT, the tokenizer, the page's progress bar.
 
 import { downloadBundle, loadError } from './bundle_loader.js';
-import { expandRuntimeData } from './runtime_form.js';
+import { expandParts } from './runtime_form.js';
 import { toSmolChatError } from './errors.js';
 
 const post = (msg, transfer = []) => self.postMessage(msg, transfer);
@@ -40,9 +40,9 @@ self.onmessage = async ({ data: { bundleUrl, cache } }) => {
     try { form = await bundle.form; } catch (e) { throw loadError(e); }
     t = mark('inflate', t);
     const total = bundle.manifest.runtime.tensors.length;
-    let data;
+    let parts;
     try {
-      data = expandRuntimeData(bundle.manifest, form, {
+      parts = expandParts(bundle.manifest, form, {
         // one message per ~10 tensors: the bar moves, the channel stays quiet
         onProgress: (done) => { if (done % 10 === 0 || done === total) post({ type: 'progress', stage: 'expand', loaded: done, total }); },
       });
@@ -50,9 +50,9 @@ self.onmessage = async ({ data: { bundleUrl, cache } }) => {
     form = null;
     mark('expand', t);
     const { manifest, texts, graph, cache: report } = bundle;
-    post({ type: 'done',
-           bundle: { manifest, texts, graph, data, total: bundle.total, cache: report } },
-         [graph.buffer, data.buffer]);
+    const buffers = [...new Set(parts.map((p) => p.bytes.buffer))];
+    post({ type: 'done', bundle: { manifest, texts, graph, parts, total: bundle.total, cache: report } },
+         [graph.buffer, ...buffers]);
   } catch (e) {
     post({ type: 'error', error: toSmolChatError(e).toJSON() });
   }

@@ -63,6 +63,8 @@ async function bootPython(progress, mark, { cache = true } = {}) {
   if (snapshot) {
     try {
       pyodide = await loadPyodide({ ...options, _loadSnapshot: snapshot });
+      // Pyodide keeps its options for the instance's life: without this the 31.5 MB stay
+      pyodide._api.config._loadSnapshot = null;
     } catch (e) {
       await snapshots.reject(e);
     }
@@ -96,7 +98,8 @@ function spawnHelper(url) {
 }
 
 // The bundle from load_worker.js (a second thread: read/download, verify, inflate, expand) ->
-// the same object downloadBundle returns, with `data` (model.data) in place of `form`.
+// the same object downloadBundle returns, with `parts` (model.data, runtime_form.js
+// expandParts) in place of `form`.
 // Progress and stage marks come through as they happen; a failure there, or the helper's
 // script failing to start, rejects with a typed error.
 // -> {bundle: Promise, terminate()}.
