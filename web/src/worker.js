@@ -89,6 +89,34 @@ async function bootPython(progress, mark, { cache = true } = {}) {
   return { pyodide, host: h, snapshot: snapshots.report() };
 }
 
+// Bytes of the runtime files (site.json runtime_files: {path relative to the site: bytes}) as
+// this worker's fetches of them complete (Resource Timing: whole files, no byte stream).
+// -> {total, loaded(), finish()}; onChange() after each file.
+function watchRuntimeFiles(files, onChange) {
+  const size = new Map(Object.entries(files).map(([rel, n]) => [here('./' + rel), n]));
+  const total = [...size.values()].reduce((a, b) => a + b, 0);
+  const seen = new Set();
+  let loaded = 0;
+  let observer = null;
+  const take = (entries) => {
+    let changed = false;
+    for (const e of entries) {
+      const url = e.name.split('?')[0];
+      if (size.has(url) && !seen.has(url)) { seen.add(url); loaded += size.get(url); changed = true; }
+    }
+    if (changed) onChange();
+  };
+  try {
+    observer = new PerformanceObserver((list) => take(list.getEntries()));
+    observer.observe({ type: 'resource', buffered: true });
+  } catch { /* no Resource Timing: the share completes at finish() */ }
+  return {
+    total,
+    loaded: () => loaded,
+    finish() { if (observer) observer.disconnect(); loaded = total; },
+  };
+}
+
 // A module worker from our own files. Started from another origin, this worker is a blob: URL
 // and may only start same-origin workers: a blob that imports the file (as smolchat.js does).
 function spawnHelper(url) {
@@ -176,6 +204,14 @@ async function loadModel(id, { bundleUrl, threads, systemPrompt, contextWindow, 
   };
 
   const url = new URL(bundleUrl, import.meta.url).href;
+  const runtime = watchRuntimeFiles((await siteInfo()).runtime_files || {}, () => downloadProgress());
+  const mb = (n) => (n / 1048576).toFixed(1);
+  // the download share covers the bundle's bytes and the runtime files' (site.json)
+  const downloadProgress = () => {
+    const done = loadedBytes + runtime.loaded(), all = totalBytes + runtime.total;
+    const files = runtime.loaded() < runtime.total ? ` · runtime files ${mb(runtime.loaded())} / ${mb(runtime.total)} MB` : '';
+    progress('download', all ? done / all : 0, `Reading the model: ${mb(loadedBytes)} / ${mb(totalBytes)} MB${files}`);
+  };
   // ORT's wasm (14 MB) is fetched and compiled now (V8 compiles off this thread) instead of
   // at the session, after Python: a one-node session initializes the runtime.
   const tOrt = performance.now();
@@ -184,8 +220,7 @@ async function loadModel(id, { bundleUrl, threads, systemPrompt, contextWindow, 
   const helper = bundleFromHelper(url, cache !== false, (m) => {
     if (m.stage === 'download') {
       loadedBytes = m.loaded; totalBytes = m.total;
-      const mb = (n) => (n / 1048576).toFixed(1);
-      progress('download', m.total ? m.loaded / m.total : 0, `Reading the model: ${mb(m.loaded)} / ${mb(m.total)} MB`);
+      downloadProgress();
     } else {
       progress('compile', 0.5 * (m.loaded / m.total), `Expanding the int4 weights to int8: ${m.loaded} / ${m.total} tensors`);
     }
@@ -206,6 +241,11 @@ async function loadModel(id, { bundleUrl, threads, systemPrompt, contextWindow, 
   const tb = performance.now();
   const bundle = await helper.bundle;
   await ortReady.catch((e) => { throw makeError('internal', `ONNX Runtime did not start (${e.message || e}): rebuild the site (./build.sh site)`); });
+  // Python and ORT are up: every runtime file they fetch has arrived (a file a snapshot boot
+  // skips counts as done). The download share is complete; the next update shows it (a
+  // download update now would show the 'download' stage again).
+  runtime.finish();
+  parts.download = { fraction: 1, message: 'Model read' };
   mark('wait_bundle', tb);
   let t = performance.now();
   tokenizer = new Tokenizer(JSON.parse(bundle.texts['tokenizer.json']), JSON.parse(bundle.texts['tokenizer_config.json']));
