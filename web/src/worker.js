@@ -186,7 +186,7 @@ async function loadModel(id, { bundleUrl, threads, systemPrompt, contextWindow, 
   const parts = {};     // stage -> {fraction, message}
   let loadedBytes = 0, totalBytes = 0;
   const progress = (stage, fraction, message) => {
-    parts[stage] = { fraction, message };
+    parts[stage] = { fraction: Math.max(fraction, parts[stage] ? parts[stage].fraction : 0), message };
     // a download update always shows as 'download' (its last one has loaded === total)
     const first = stage === 'download' ? STAGES[0]
       : STAGES.find((s) => !(parts[s.stage] && parts[s.stage].fraction >= 1)) || STAGES[STAGES.length - 1];
@@ -208,7 +208,8 @@ async function loadModel(id, { bundleUrl, threads, systemPrompt, contextWindow, 
   const mb = (n) => (n / 1048576).toFixed(1);
   // the download share covers the bundle's bytes and the runtime files' (site.json)
   const downloadProgress = () => {
-    const done = loadedBytes + runtime.loaded(), all = totalBytes + runtime.total;
+    // (nothing counts until the bundle's size is known: the fraction never goes back)
+    const done = totalBytes ? loadedBytes + runtime.loaded() : 0, all = totalBytes + runtime.total;
     const files = runtime.loaded() < runtime.total ? ` · runtime files ${mb(runtime.loaded())} / ${mb(runtime.total)} MB` : '';
     progress('download', all ? done / all : 0, `Reading the model: ${mb(loadedBytes)} / ${mb(totalBytes)} MB${files}`);
   };
