@@ -50,7 +50,7 @@ async function siteInfo() {
 // Pyodide + our wheel + smolchat.bridge.WorkerHost. mark(name, start) records a stage.
 // Return visits boot from a memory snapshot kept by the first (python_snapshot.js); a snapshot
 // that Pyodide refuses (another build) or fails on is dropped and Python boots without it.
-// -> {pyodide, host, snapshot: 'hit' | 'stored' | 'miss' | 'rejected: ...' | 'disabled: ...'}
+// -> {pyodide, host, snapshot: Promise of 'hit' | 'stored' | 'miss' | 'rejected: ...' | 'disabled: ...'}
 async function bootPython(progress, mark, { cache = true } = {}) {
   progress('python', 0, 'Starting Python');
   const info = await siteInfo();
@@ -85,8 +85,8 @@ async function bootPython(progress, mark, { cache = true } = {}) {
   bridge.destroy();
   mark('python_wheel', t);
   progress('python', 1, 'Python ready');
-  await stored;
-  return { pyodide, host: h, snapshot: snapshots.report() };
+  // (the snapshot's store finishes in the background; the load reports it at its end)
+  return { pyodide, host: h, snapshot: stored.then(() => snapshots.report()) };
 }
 
 // Bytes of the runtime files (site.json runtime_files: {path relative to the site: bytes}) as
@@ -252,9 +252,14 @@ async function loadModel(id, { bundleUrl, threads, systemPrompt, contextWindow, 
   tokenizer = new Tokenizer(JSON.parse(bundle.texts['tokenizer.json']), JSON.parse(bundle.texts['tokenizer_config.json']));
   t = mark('tokenizer', t);
   progress('compile', 0.5, 'Creating the ONNX Runtime session');
+  let shown = 0; // (one update per 2% of the weights, not one per each of ~700 reads)
   const session = await createSession(ort, bundle, {
-    onRead: (read, total) => progress('compile', 0.5 + 0.4 * (read / total),
-      read < total ? 'Creating the ONNX Runtime session: copying weights' : 'Creating the ONNX Runtime session: optimizing the graph'),
+    onRead: (read, total) => {
+      if (read < total && read / total < shown + 0.02) return;
+      shown = read / total;
+      progress('compile', 0.5 + 0.4 * shown, read < total ? 'Creating the ONNX Runtime session: copying weights'
+        : 'Creating the ONNX Runtime session: optimizing the graph');
+    },
   });
   t = mark('session', t);
   progress('compile', 1, 'Session ready');
@@ -284,7 +289,7 @@ async function loadModel(id, { bundleUrl, threads, systemPrompt, contextWindow, 
     warmup_ms: marks.warmup ? marks.warmup[1] - marks.warmup[0] : null,
     download_bytes: bundle.total,
     stages: marks, // {name: [start_ms, end_ms]} since the load began; helper stages overlap python
-    python_snapshot: pythonSnapshot, // 'hit' | 'stored' | 'miss' | 'rejected: ...' | 'disabled: ...'
+    python_snapshot: await pythonSnapshot, // 'hit' | 'stored' | 'miss' | 'rejected: ...' | 'disabled: ...'
     ...bundle.cache, // from_cache, cache ('hit' | 'miss' | 'disabled: <reason>'), cache_name, network_bytes
   };
   return { ...info, ...loadInfo };
