@@ -37,9 +37,12 @@ export declare class SmolChatError extends Error {
 export type LoadStage = 'download' | 'python' | 'compile' | 'warmup';
 
 export interface LoadProgress {
+  /** the first stage not finished (stages run side by side; a byte update says 'download') */
   stage: LoadStage;
-  /** overall percent, 0..100, over all stages */
+  /** overall percent, 0..100, over all stages; never goes down */
   percent: number;
+  /** what every part under way is doing, e.g. "Reading the model: 35.2 / 69.8 MB · Starting Python" */
+  message: string;
   /** download stage: bytes so far / bytes in all (from the network or Cache Storage) */
   loaded?: number;
   total?: number;
@@ -135,9 +138,15 @@ export interface Info {
   context_window: number;
   system_prompt: string | null;
   load_ms: number;
+  /** end of reading + verifying the bundle, ms since the load began (stages.read_verify) */
   download_ms: number;
+  /** ORT session creation (stages.session) */
   compile_ms: number;
   warmup_ms: number;
+  /** the load's timeline: {name: [start_ms, end_ms]} since it began (README "Load time") */
+  stages: Record<string, [number, number]>;
+  /** Pyodide memory snapshot: 'hit' | 'stored' | 'miss' | 'rejected: <why>' | 'disabled: <why>' */
+  python_snapshot: string;
   download_bytes: number;
   /** every bundle file came from Cache Storage */
   from_cache: boolean;

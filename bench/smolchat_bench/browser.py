@@ -140,6 +140,11 @@ class BrowserRep:
     uasm: list = field(default_factory=list)      # bench.memory() after each step
     rss_page_peak_bytes: int = 0    # the largest renderer process (the page and its workers)
     rss_total_peak_bytes: int = 0   # every process of this Chromium
+    # the system's own per-stage load marks when it reports them (SmolChat: info.stages,
+    # {name: [start_ms, end_ms]} since its load began), cold and cached
+    stages_cold: dict | None = None
+    stages_cached: dict | None = None
+    rss_page_peak_cached_bytes: int = 0  # the largest renderer during the cached load alone
 
 
 def run_rep(pw, page_url: str, max_tokens: int, long_text: str = prompts.LONG,
@@ -150,7 +155,8 @@ def run_rep(pw, page_url: str, max_tokens: int, long_text: str = prompts.LONG,
         with Chromium(pw, profile) as br:
             r = br.open(page_url)
             rep = BrowserRep(ready_cold_ms=r["ready_ms"], ready_cached_ms=None, info=r["info"],
-                             cross_origin_isolated=r["crossOriginIsolated"])
+                             cross_origin_isolated=r["crossOriginIsolated"],
+                             stages_cold=(r["info"] or {}).get("stages"))
             rep.uasm.append(br.memory())
             br.reset(prompts.SYSTEM_PROMPT)
             rep.turns["first"] = br.turn(prompts.FIRST, max_tokens)
@@ -166,7 +172,11 @@ def run_rep(pw, page_url: str, max_tokens: int, long_text: str = prompts.LONG,
             time.sleep(0.3)  # one more RSS sample after the last step
             rep.rss_page_peak_bytes, rep.rss_total_peak_bytes = br.rss.peak_renderer, br.rss.peak_total
         with Chromium(pw, profile) as br:
-            rep.ready_cached_ms = br.open(page_url)["ready_ms"]
+            r = br.open(page_url)
+            rep.ready_cached_ms = r["ready_ms"]
+            rep.stages_cached = (r["info"] or {}).get("stages")
+            time.sleep(0.3)  # one more RSS sample after ready
+            rep.rss_page_peak_cached_bytes = br.rss.peak_renderer
         return asdict(rep)
     finally:
         shutil.rmtree(profile, ignore_errors=True)

@@ -197,6 +197,7 @@ def _assemble_browser(args, todo, reps, info, results, n_long) -> None:
                                   "tokens": metrics.token_counts(rs),
                                   "decode_profile": metrics.decode_profile(rs),
                                   "engine_reported": metrics.engine_reported(rs),
+                                  "load_stages": metrics.load_stages(rs),
                                   "raw": [_strip(r) for r in rs]}
         if not runs:
             continue

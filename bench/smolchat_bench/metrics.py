@@ -33,6 +33,7 @@ METRICS = {
     "memory_uasm_mb": ("MB", "lower", "peak JS+wasm memory, measureUserAgentSpecificMemory (MB)"),
     "memory_rss_page_mb": ("MB", "lower", "peak RSS, page renderer / native process (MB)"),
     "memory_rss_total_mb": ("MB", "lower", "peak RSS, all browser processes (MB)"),
+    "memory_rss_cached_load_mb": ("MB", "lower", "peak RSS, page renderer, cached load alone (MB)"),
 }
 
 
@@ -91,6 +92,8 @@ def figures(reps: list[dict], prompt_tokens_long: int | None,
         col["memory_rss_page_mb"].append(page / MB if page else None)
         tot = r.get("rss_total_peak_bytes")
         col["memory_rss_total_mb"].append(tot / MB if tot else None)
+        cached = r.get("rss_page_peak_cached_bytes")
+        col["memory_rss_cached_load_mb"].append(cached / MB if cached else None)
     return {k: summary(v, *METRICS[k][:2]) for k, v in col.items()}
 
 
@@ -142,3 +145,21 @@ def engine_reported(reps: list[dict]) -> dict | None:
     if not any(col.values()):
         return None
     return {k: summary(v, *METRICS[k][:2]) for k, v in col.items()}
+
+
+def load_stages(reps: list[dict]) -> dict | None:
+    """Median [start, end] (ms since the load began) of each load stage a system marks
+    (SmolChat's info.stages), cold and cached: stages on different threads overlap, so the
+    ready time is the last end, not the sum. None when no repetition carried marks."""
+    out = {}
+    for kind in ("cold", "cached"):
+        marks = [r.get(f"stages_{kind}") for r in reps if r.get(f"stages_{kind}")]
+        if not marks:
+            continue
+        names = list(dict.fromkeys(n for m in marks for n in m))
+        out[kind] = {n: {"start_ms": statistics.median([m[n][0] for m in marks if n in m]),
+                         "end_ms": statistics.median([m[n][1] for m in marks if n in m]),
+                         "ms": statistics.median([m[n][1] - m[n][0] for m in marks if n in m]),
+                         "n": sum(1 for m in marks if n in m)}
+                     for n in names}
+    return out or None

@@ -117,7 +117,7 @@ def markdown(results: dict) -> str:
     missing = [f"- {LABELS.get(k, k)}: {v['reason']}" for k, v in results["systems"].items()
                if not v.get("available")]
     lines += (missing or ["- nothing: every system ran."]) + [""]
-    lines += _targets(results) + _runtime_memory(results) + _profiles(results)
+    lines += _targets(results) + _load_stages(results) + _runtime_memory(results) + _profiles(results)
     return "\n".join(lines)
 
 
@@ -150,6 +150,36 @@ def _targets(results: dict) -> list[str]:
                 status = "met" if (med <= bound if better == "lower" else med >= bound) else "not met"
             lines.append(f"| {label} {op} {bound:g} | {threads} | {_fmt(med, unit)} | {status} |")
     return lines + [""]
+
+
+def _load_stages(results: dict) -> list[str]:
+    """SmolChat's ready time, stage by stage (its worker's marks; medians over repetitions)."""
+    lines = []
+    for k, v in results["systems"].items():
+        for threads, run in (v.get("runs") or {}).items():
+            st = run.get("load_stages")
+            if not st:
+                continue
+            if not lines:
+                lines = ["## Load stages (SmolChat's worker marks, ms since the load began; "
+                         "median over repetitions)", "",
+                         "Stages on the load helper thread (read_verify, inflate, expand) run "
+                         "while Python boots (python_boot, python_wheel); ready is the last end.",
+                         ""]
+            kinds = [kd for kd in ("cold", "cached") if kd in st]
+            names = list(dict.fromkeys(n for kd in kinds for n in st[kd]))
+            lines += [f"{LABELS.get(k, k)}, {threads} thread(s):", "",
+                      "| stage | " + " | ".join(f"{kd}: start-end (ms)" for kd in kinds) + " |",
+                      "|---|" + "---|" * len(kinds)]
+            for n in names:
+                cells = []
+                for kd in kinds:
+                    x = st[kd].get(n)
+                    cells.append("–" if not x else
+                                 f"{x['start_ms']:,.0f}-{x['end_ms']:,.0f} ({x['ms']:,.0f})")
+                lines.append(f"| {n} | " + " | ".join(cells) + " |")
+            lines.append("")
+    return lines
 
 
 def _runtime_memory(results: dict) -> list[str]:

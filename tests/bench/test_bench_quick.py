@@ -86,6 +86,22 @@ def test_advantage_direction():
     assert report.advantage(None, lo) is None
 
 
+def test_load_stages_medians_and_table():
+    """SmolChat's worker marks -> per-stage medians (cold and cached) -> the bench's table."""
+    reps = [{"stages_cold": {"python_boot": [0, 3000], "session": [3000, 6000]},
+             "stages_cached": {"python_boot": [0, 1000], "read_verify": [10, 500], "session": [1000, 4000]}},
+            {"stages_cold": {"python_boot": [0, 5000], "session": [5000, 7000]},
+             "stages_cached": {"python_boot": [0, 2000], "read_verify": [20, 700], "session": [2000, 4000]}},
+            {"stages_cold": None, "stages_cached": None}]
+    st = metrics.load_stages(reps)
+    assert st["cold"]["python_boot"] == {"start_ms": 0, "end_ms": 4000, "ms": 4000, "n": 2}
+    assert st["cached"]["session"]["ms"] == 2500 and st["cached"]["read_verify"]["start_ms"] == 15
+    assert metrics.load_stages([{"stages_cold": None}]) is None
+    results = {"systems": {"smolchat": {"available": True, "runs": {"1": {"load_stages": st}}}}}
+    table = "\n".join(report._load_stages(results))
+    assert "| read_verify | – | 15-600 (585) |" in table and "| session | 4,000-6,500 (2,500) | 1,500-4,000 (2,500) |" in table
+
+
 def _check_summary(name, s):
     unit, better, _ = metrics.METRICS[name]
     assert s["unit"] == unit and s["better"] == better, name

@@ -3,6 +3,9 @@
 //   form_bytes               the download form (downloadForm: weights.bin inflated)
 //   sha256, bytes, ms        expandRuntimeData (the whole model.data at once)
 //   source_sha256            runtimeDataSource read one tensor region at a time, as ORT does
+//   parts_sha256, parts_odd_reads_equal   expandParts (one buffer per tensor, what the page's
+//                            load helper makes) through runtimeDataFromParts, read one region at a
+//                            time (each region is handed over once) / across borders first
 //   odd_reads_equal          reads across tensor borders, padding and partial tensors equal the
 //                            same bytes of the whole expansion
 //   ort                      (when ORT_MODULE is given) the source handed to ORT Web as external
@@ -12,7 +15,7 @@ import { readFileSync } from "node:fs";
 import { createHash } from "node:crypto";
 
 const [dir, moduleUrl, ortUrl] = process.argv.slice(2);
-const { downloadForm, expandRuntimeData, runtimeDataSource, regionsOf } = await import(moduleUrl);
+const { downloadForm, expandRuntimeData, runtimeDataSource, regionsOf, expandParts, runtimeDataFromParts } = await import(moduleUrl);
 const manifest = JSON.parse(readFileSync(`${dir}/manifest.json`, "utf8"));
 const weights = await downloadForm(manifest, new Uint8Array(readFileSync(`${dir}/${manifest.runtime.weights_file}`)));
 const sha = (bytes) => createHash("sha256").update(bytes).digest("hex");
@@ -39,6 +42,13 @@ for (const [a, b] of reads) {
   if (got.length !== b - a || sha(got) !== sha(data.subarray(a, b))) { odd = false; break; }
 }
 result.odd_reads_equal = odd;
+
+// The load helper's form: odd reads first (they keep every region), then each region once.
+const fromParts = runtimeDataFromParts(manifest, expandParts(manifest, weights));
+result.parts_odd_reads_equal = reads.slice(1).every(([a, b]) => sha(fromParts.subarray(a, b)) === sha(data.subarray(a, b)));
+const partsAssembled = new Uint8Array(fromParts.byteLength);
+for (const [start, len] of regions) partsAssembled.set(fromParts.subarray(start, start + len), start);
+result.parts_sha256 = sha(partsAssembled);
 
 if (ortUrl) {
   const ort = await import(ortUrl);

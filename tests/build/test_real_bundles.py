@@ -92,6 +92,7 @@ def test_js_expansion_bit_identical_on_real_bundle(bundle, node_expand_sha):
     assert js["sha256"] == py == man["runtime"]["expanded_sha256"]
     # what the page hands ORT: same bytes, each region read once, each tensor expanded once
     assert js["source_sha256"] == py and js["odd_reads_equal"] is True
+    assert js["parts_sha256"] == py and js["parts_odd_reads_equal"] is True  # the load helper's form
     o = js["ort"]
     assert o["partial"] == 0 and o["bytes"] >= js["bytes"]
     # no constant folded at session start reads model.data (the float rows are tensors of

@@ -51,7 +51,12 @@ def origin(site):
         def copyfile(self, source, outputfile):
             start = source.tell()
             try:
-                super().copyfile(source, outputfile)
+                if LINE["rate"] and "/models/" in self.path:
+                    while chunk := source.read(64 * 1024):
+                        _pace(len(chunk))
+                        outputfile.write(chunk)
+                else:
+                    super().copyfile(source, outputfile)
             finally:
                 SENT[self.path.split("?")[0]] += source.tell() - start
 
@@ -139,14 +144,45 @@ class BundleTraffic:
         SENT.clear()
 
 
+# The app server's line for bundle files (bytes/s, None: unthrottled), shared by all requests.
+LINE = {"rate": None, "next": 0.0}
+LINE_LOCK = threading.Lock()
+
+
+def _pace(n: int) -> None:
+    """Wait until `n` more bytes fit on the shared line."""
+    with LINE_LOCK:
+        start = max(time.monotonic(), LINE["next"])
+        LINE["next"] = start + n / LINE["rate"]
+        until = LINE["next"]
+    time.sleep(max(0.0, until - time.monotonic()))
+
+
+class Line:
+    """What throttle() returns: its CDP session; `send` of downloadThroughput -1 also lifts the
+    app server's throttle."""
+
+    def __init__(self, cdp):
+        self.cdp = cdp
+
+    def send(self, method, params=None):
+        if method == "Network.emulateNetworkConditions" and (params or {}).get("downloadThroughput", -1) < 0:
+            LINE["rate"] = None
+        return self.cdp.send(method, params)
+
+
 def throttle(context, page, bytes_per_s: int):
-    """DevTools network emulation (applies to the page's workers too): a visitor's line."""
+    """A visitor's line: DevTools network emulation for the page and its workers, and the app
+    server sending bundle files (/models/) at `bytes_per_s` at most: the bundle is fetched by
+    the load's helper worker (web/src/load_worker.js), a nested worker that the page's DevTools
+    emulation does not reach."""
     cdp = context.new_cdp_session(page)
     cdp.send("Network.enable")
     cdp.send("Network.emulateNetworkConditions", {"offline": False, "latency": 20,
                                                   "downloadThroughput": bytes_per_s,
                                                   "uploadThroughput": -1})
-    return cdp
+    LINE.update(rate=bytes_per_s, next=0.0)
+    return Line(cdp)
 
 
 def load_api(page, bundle_url: str | None = None, **options) -> dict:

@@ -11,7 +11,8 @@
       wheels/smolchat-*.whl              `pip wheel --no-deps py_runtime`; Pyodide's
                                          loadPackage(<absolute url>) installs it (no micropip)
       models/<bundle-id>/                symlinks to models/<bundle-id>/ (every built bundle)
-      site.json                          what was assembled: versions, wheel, bundles, default
+      site.json                          what was assembled: versions, wheel, bundles, default,
+                                         runtime_files {path: bytes} (the load's progress bar)
 
 Incremental: files are copied only when size or mtime changed; the wheel is rebuilt only when
 py_runtime/ changed; a file of dist/site that no source gives any more (a renamed module, a
@@ -196,6 +197,10 @@ def build_site(out: Path = DIST, default_bundle: str = DEFAULT_PRESET, log=print
         "versions": {k: _npm_version(v) for k, v in NPM_PACKAGES.items()},
         "bundles": {name: f"models/{name}/" for name in bundles},
         "default_bundle": bundle_id(default_bundle),
+        # bytes of the runtime files a load fetches besides the bundle (the worker counts them
+        # into its progress bar): the wasm binaries, Python's stdlib and our wheel
+        "runtime_files": {rel: (out / rel).stat().st_size for rel in sorted(assembled)
+                          if rel.endswith((".wasm", ".zip", ".whl"))},
     }
     (out / "site.json").write_text(json.dumps(info, indent=2) + "\n")
     log(f"site: {out} ({copied} files updated, {removed} stale removed, wheel {wheel}, bundles: "

@@ -111,25 +111,39 @@ export function graphOptimization(manifest) {
   return (manifest.runtime || {}).graph_optimization || 'basic';
 }
 
-export async function createSession(ort, bundle) {
-  const { runtimeDataSource } = await import('./runtime_form.js');
+// A runtime_form.js failure ("bundle_corrupt: ..." plain Error) or any other -> SmolChatError.
+export function loadError(e) {
+  const err = toSmolChatError(e);
+  if (err.kind === 'internal' && /^bundle_corrupt: /.test(err.message)) {
+    return makeError('bundle_corrupt', err.message.slice('bundle_corrupt: '.length));
+  }
+  return err;
+}
+
+// bundle: downloadBundle's result, or load_worker.js's, which carries `parts` (model.data,
+// expanded already, runtime_form.js expandParts) instead of `form`. onRead(bytes, total) is
+// called as ORT copies external data into the wasm heap (synchronously, inside session
+// creation: progress can be posted).
+export async function createSession(ort, bundle, { onRead } = {}) {
+  const { runtimeDataSource, runtimeDataFromParts } = await import('./runtime_form.js');
   let data;
   try {
     // the download form (weights.bin inflated since downloadBundle). model.data is expanded
     // from it tensor by tensor as ORT copies it into the wasm heap: the whole 142 MB file
     // never exists in JS (runtime_form.js, runtimeDataSource)
-    data = runtimeDataSource(bundle.manifest, await bundle.form);
+    data = bundle.parts ? runtimeDataFromParts(bundle.manifest, bundle.parts) // (empties parts)
+      : runtimeDataSource(bundle.manifest, await bundle.form);
   } catch (e) {
-    const err = toSmolChatError(e);
-    if (err.kind === 'internal' && /^bundle_corrupt: /.test(err.message)) {
-      throw makeError('bundle_corrupt', err.message.slice('bundle_corrupt: '.length));
-    }
-    throw err;
+    throw loadError(e);
   }
+  if (onRead) data = countingReads(data, onRead);
   try {
     // (an error of the expansion inside ORT's read surfaces as ORT's "failed to load external
     // data": bundle_corrupt below)
     return await ort.InferenceSession.create(bundle.graph, {
+      // (no other session option measured faster in Node, ORT Web 1.30, 1 thread: prepacking
+      // off, the CPU arena off, or a graph saved pre-optimized by native ORT and loaded with
+      // optimization disabled; README "Load time")
       executionProviders: ['wasm'],
       // manifest.runtime says which level the build verified ('basic': the graph is written
       // fused; 'all' miscomputed an earlier int8 graph's single-token steps). Same level as
@@ -145,6 +159,25 @@ export async function createSession(ort, bundle) {
     throw err;
   } finally {
     bundle.form = null; // the download form is in the wasm heap now, expanded
+    bundle.parts = null; // each tensor's buffer went with ORT's read of it
     bundle.graph = null;
   }
+}
+
+// model.data as ORT reads it (data.subarray(offset, end), then a copy into the wasm heap: see
+// runtime_form.js runtimeDataSource), reporting the bytes read so far. The wrapper is a
+// Uint8Array of the same byteLength whose subarray defers to `data`.
+function countingReads(data, onRead) {
+  const total = data.byteLength;
+  let read = 0;
+  class Counted extends Uint8Array {
+    get byteLength() { return total; }
+    subarray(begin = 0, end = total) {
+      const out = data.subarray(begin, end);
+      read += end - begin;
+      onRead(read, total);
+      return out;
+    }
+  }
+  return new Counted(0);
 }

@@ -8,12 +8,13 @@
 // What this module ignores: the UI and the public API (smolchat.js, app.js).
 
 import * as ort from './vendor/ort/ort.wasm.min.mjs';
-import { loadPyodide } from './vendor/pyodide/pyodide.mjs';
+import { loadPyodide, version as pyodideVersion } from './vendor/pyodide/pyodide.mjs';
+import { openSnapshots } from './python_snapshot.js';
 import { Tokenizer } from './vendor/tokenizers/tokenizers.min.mjs';
 import * as glue from './ort_glue.js';
 import { makeRunner } from './ort_heap.js';
-import { downloadBundle, createSession } from './bundle_loader.js';
-import { Request, Reply, overallPercent } from './protocol.js';
+import { createSession } from './bundle_loader.js';
+import { Request, Reply, STAGES, overallPercent } from './protocol.js';
 import { makeError, toSmolChatError, errorFromWire } from './errors.js';
 
 // Relative to this module, not self.location: started from another origin, the worker is a
@@ -38,23 +39,124 @@ async function awaitPy(proxy) {
   try { return await proxy; } finally { if (proxy && proxy.destroy) proxy.destroy(); }
 }
 
+// The smallest ONNX model (one Identity node, float x -> y), to start ORT's runtime early.
+const IDENTITY_ONNX = Uint8Array.from(atob('CAg6NwoQCgF4EgF5IghJZGVudGl0eRIBZ1oPCgF4EgoKCAgBEgQKAggBYg8KAXkSCgoICAESBAoCCAFCBAoAEBE='), (c) => c.charCodeAt(0));
+
 let site = null;
 async function siteInfo() {
   if (!site) site = await (await fetch(here('./site.json'))).json();
   return site;
 }
 
-async function bootPython(progress) {
-  progress('python', 0);
+// Pyodide + our wheel + smolchat.bridge.WorkerHost. mark(name, start) records a stage.
+// Return visits boot from a memory snapshot kept by the first (python_snapshot.js); a snapshot
+// that Pyodide refuses (another build) or fails on is dropped and Python boots without it.
+// -> {pyodide, host, snapshot: Promise of 'hit' | 'stored' | 'miss' | 'rejected: ...' | 'disabled: ...'}
+async function bootPython(progress, mark, { cache = true } = {}) {
+  progress('python', 0, 'Starting Python');
   const info = await siteInfo();
-  const pyodide = await loadPyodide({ indexURL: here('./vendor/pyodide/'), stdout: () => {}, stderr: (s) => console.warn(s) });
-  progress('python', 0.6);
+  let t = performance.now();
+  const snapshots = await openSnapshots(pyodideVersion, { enabled: cache });
+  const options = { indexURL: here('./vendor/pyodide/'), stdout: () => {}, stderr: (s) => console.warn(s) };
+  let pyodide = null;
+  let stored = Promise.resolve();
+  const snapshot = await snapshots.read();
+  if (snapshot) {
+    try {
+      pyodide = await loadPyodide({ ...options, _loadSnapshot: snapshot });
+      // Pyodide keeps its options for the instance's life: without this the 31.5 MB stay
+      pyodide._api.config._loadSnapshot = null;
+    } catch (e) {
+      await snapshots.reject(e);
+    }
+  }
+  if (!pyodide) {
+    const make = snapshots.wanted;
+    pyodide = await loadPyodide({ ...options, _makeSnapshot: make });
+    // (before our wheel: a snapshot may hold no JS object, and loading packages makes some)
+    if (make) {
+      try { stored = snapshots.store(pyodide.makeMemorySnapshot()); } catch (e) { stored = snapshots.reject(e); }
+    }
+  }
+  t = mark('python_boot', t);
+  progress('python', 0.7, 'Loading the SmolChat Python package');
   await pyodide.loadPackage(here(info.wheel), { messageCallback: () => {} });
   const bridge = pyodide.pyimport('smolchat.bridge');
   const h = bridge.WorkerHost();
   bridge.destroy();
-  progress('python', 1);
-  return { pyodide, host: h };
+  mark('python_wheel', t);
+  progress('python', 1, 'Python ready');
+  // (the snapshot's store finishes in the background; the load reports it at its end)
+  return { pyodide, host: h, snapshot: stored.then(() => snapshots.report()) };
+}
+
+// Bytes of the runtime files (site.json runtime_files: {path relative to the site: bytes}) as
+// this worker's fetches of them complete (Resource Timing: whole files, no byte stream).
+// -> {total, loaded(), finish()}; onChange() after each file.
+function watchRuntimeFiles(files, onChange) {
+  const size = new Map(Object.entries(files).map(([rel, n]) => [here('./' + rel), n]));
+  const total = [...size.values()].reduce((a, b) => a + b, 0);
+  const seen = new Set();
+  let loaded = 0;
+  let observer = null;
+  const take = (entries) => {
+    let changed = false;
+    for (const e of entries) {
+      const url = e.name.split('?')[0];
+      if (size.has(url) && !seen.has(url)) { seen.add(url); loaded += size.get(url); changed = true; }
+    }
+    if (changed) onChange();
+  };
+  try {
+    observer = new PerformanceObserver((list) => take(list.getEntries()));
+    observer.observe({ type: 'resource', buffered: true });
+  } catch { /* no Resource Timing: the share completes at finish() */ }
+  return {
+    total,
+    loaded: () => loaded,
+    finish() { if (observer) observer.disconnect(); loaded = total; },
+  };
+}
+
+// A module worker from our own files. Started from another origin, this worker is a blob: URL
+// and may only start same-origin workers: a blob that imports the file (as smolchat.js does).
+function spawnHelper(url) {
+  if (url.origin === self.location.origin) return new Worker(url, { type: 'module' });
+  const blobUrl = URL.createObjectURL(new Blob([`import ${JSON.stringify(url.href)};\n`], { type: 'text/javascript' }));
+  try { return new Worker(blobUrl, { type: 'module' }); } finally { URL.revokeObjectURL(blobUrl); }
+}
+
+// The bundle from load_worker.js (a second thread: read/download, verify, inflate, expand) ->
+// the same object downloadBundle returns, with `parts` (model.data, runtime_form.js
+// expandParts) in place of `form`.
+// Progress and stage marks come through as they happen; a failure there, or the helper's
+// script failing to start, rejects with a typed error.
+// -> {bundle: Promise, terminate()}.
+function bundleFromHelper(url, cache, onProgress, onMark) {
+  let helper = null;
+  const bundle = new Promise((resolve, reject) => {
+    try {
+      helper = spawnHelper(new URL(here('./load_worker.js')));
+    } catch (e) {
+      reject(makeError('internal', `could not start the load helper worker (${e.message}): rebuild the site (./build.sh site)`));
+      return;
+    }
+    const end = (fn, value) => { helper.terminate(); fn(value); };
+    helper.onmessage = ({ data: m }) => {
+      if (m.type === 'progress') onProgress(m);
+      else if (m.type === 'mark') onMark(m.name, m.start, m.end, m.origin);
+      else if (m.type === 'done') end(resolve, m.bundle);
+      else if (m.type === 'error') end(reject, errorFromWire(m.error));
+    };
+    helper.onerror = (event) => {
+      event.preventDefault();
+      end(reject, makeError('internal', `the load helper worker ${here('./load_worker.js')} failed ` +
+        `(${event.message || 'script error: a runtime file is missing?'}): rebuild the site (./build.sh site)`));
+    };
+    helper.onmessageerror = () => end(reject, makeError('internal', 'the load helper worker sent an unreadable message'));
+    helper.postMessage({ bundleUrl: url, cache });
+  });
+  return { bundle, terminate: () => helper && helper.terminate() };
 }
 
 async function load(id, content) {
@@ -73,6 +175,12 @@ async function load(id, content) {
 // origin may have ORT preload the factory as a blob: URL, whose relative import would break.
 const SAME_ORIGIN = new URL(import.meta.url).origin === self.location.origin;
 
+// One load, two threads (README "Load time"): this worker boots Python while load_worker.js
+// reads, verifies, inflates and expands the bundle; then the ORT session is created here (it,
+// the KV tensors and the bridge stay on this thread), and the engine warms up.
+// Progress: one bar; each part moves its own share (protocol.js STAGES), so parts running at
+// the same time both move it; `stage` is the first part not finished (a download update: always
+// 'download'), `message` what every part under way is doing.
 async function loadModel(id, { bundleUrl, threads, systemPrompt, contextWindow, cache, heapKV }) {
   const t0 = performance.now();
   const isolated = self.crossOriginIsolated === true;
@@ -84,28 +192,86 @@ async function loadModel(id, { bundleUrl, threads, systemPrompt, contextWindow, 
     : here('./vendor/ort/');
   ort.env.wasm.numThreads = numThreads;   // must be set before the first session
   ort.env.wasm.proxy = false;             // we already are in a worker
-  const progress = (stage, fraction, extra = {}) => post(Reply.PROGRESS, id, {
-    stage, percent: overallPercent(stage, fraction), ...extra });
+  const parts = {};     // stage -> {fraction, message}
+  let loadedBytes = 0, totalBytes = 0;
+  const progress = (stage, fraction, message) => {
+    parts[stage] = { fraction: Math.max(fraction, parts[stage] ? parts[stage].fraction : 0), message };
+    // a download update always shows as 'download' (its last one has loaded === total)
+    const first = stage === 'download' ? STAGES[0]
+      : STAGES.find((s) => !(parts[s.stage] && parts[s.stage].fraction >= 1)) || STAGES[STAGES.length - 1];
+    // every part under way says what it does ("Starting Python · Expanding ...: 120 / 211 tensors")
+    const active = STAGES.filter((s) => parts[s.stage] && parts[s.stage].fraction < 1).map((s) => parts[s.stage].message);
+    post(Reply.PROGRESS, id, {
+      stage: first.stage, percent: overallPercent(parts), message: active.length ? active.join(' · ') : message,
+      ...(first.stage === 'download' ? { loaded: loadedBytes, total: totalBytes } : {}) });
+  };
+  // stage marks: name -> [start, end], ms since this load began (the helper's on our clock)
+  const marks = {};
+  const mark = (name, start, end = performance.now()) => {
+    marks[name] = [Math.round(start - t0), Math.round(end - t0)];
+    return end;
+  };
 
   const url = new URL(bundleUrl, import.meta.url).href;
-  // Python boots while the bundle downloads; its progress shows once the download is done,
-  // so the bar never jumps between stages.
-  let downloading = true;
-  let pythonFraction = 0;
-  const python = bootPython((stage, f) => { pythonFraction = f; if (!downloading) progress(stage, f); });
-  python.catch(() => {});
-  const bundle = await downloadBundle(url, ({ loaded, total }) =>
-    progress('download', total ? loaded / total : 0, { loaded, total }), { cache: cache !== false });
-  downloading = false;
-  const downloadMs = performance.now() - t0;
-  progress('python', pythonFraction);
+  const runtime = watchRuntimeFiles((await siteInfo()).runtime_files || {}, () => downloadProgress());
+  const mb = (n) => (n / 1048576).toFixed(1);
+  // the download share covers the bundle's bytes and the runtime files' (site.json)
+  const downloadProgress = () => {
+    // (nothing counts until the bundle's size is known: the fraction never goes back)
+    const done = totalBytes ? loadedBytes + runtime.loaded() : 0, all = totalBytes + runtime.total;
+    const files = runtime.loaded() < runtime.total ? ` · runtime files ${mb(runtime.loaded())} / ${mb(runtime.total)} MB` : '';
+    progress('download', all ? done / all : 0, `Reading the model: ${mb(loadedBytes)} / ${mb(totalBytes)} MB${files}`);
+  };
+  // ORT's wasm (14 MB) is fetched and compiled now (V8 compiles off this thread) instead of
+  // at the session, after Python: a one-node session initializes the runtime.
+  const tOrt = performance.now();
+  const ortReady = ort.InferenceSession.create(IDENTITY_ONNX).then((s) => { mark('ort_init', tOrt); return s.release(); });
+  ortReady.catch(() => {});
+  const helper = bundleFromHelper(url, cache !== false, (m) => {
+    if (m.stage === 'download') {
+      loadedBytes = m.loaded; totalBytes = m.total;
+      downloadProgress();
+    } else {
+      progress('compile', 0.5 * (m.loaded / m.total), `Expanding the int4 weights to int8: ${m.loaded} / ${m.total} tensors`);
+    }
+  }, (name, start, end, origin) => {
+    // the helper's performance.now() counts from its own timeOrigin
+    const shift = origin - performance.timeOrigin;
+    mark(name, start + shift, end + shift);
+  });
+  helper.bundle.catch(() => {});
+  let pyodide, pythonSnapshot;
+  try {
+    ({ pyodide, host, snapshot: pythonSnapshot } = await bootPython(
+      (stage, f, message) => progress(stage, f, message), mark, { cache: cache !== false }));
+  } catch (e) {
+    helper.terminate();
+    throw e;
+  }
+  const tb = performance.now();
+  const bundle = await helper.bundle;
+  await ortReady.catch((e) => { throw makeError('internal', `ONNX Runtime did not start (${e.message || e}): rebuild the site (./build.sh site)`); });
+  // Python and ORT are up: every runtime file they fetch has arrived (a file a snapshot boot
+  // skips counts as done). The download share is complete; the next update shows it (a
+  // download update now would show the 'download' stage again).
+  runtime.finish();
+  parts.download = { fraction: 1, message: 'Model read' };
+  mark('wait_bundle', tb);
+  let t = performance.now();
   tokenizer = new Tokenizer(JSON.parse(bundle.texts['tokenizer.json']), JSON.parse(bundle.texts['tokenizer_config.json']));
-  const { pyodide } = await python.then((r) => { host = r.host; return r; });
-  progress('compile', 0);
-  const t1 = performance.now();
-  const session = await createSession(ort, bundle);
-  const compileMs = performance.now() - t1;
-  progress('compile', 1);
+  t = mark('tokenizer', t);
+  progress('compile', 0.5, 'Creating the ONNX Runtime session');
+  let shown = 0; // (one update per 2% of the weights, not one per each of ~700 reads)
+  const session = await createSession(ort, bundle, {
+    onRead: (read, total) => {
+      if (read < total && read / total < shown + 0.02) return;
+      shown = read / total;
+      progress('compile', 0.5 + 0.4 * shown, read < total ? 'Creating the ONNX Runtime session: copying weights'
+        : 'Creating the ONNX Runtime session: optimizing the graph');
+    },
+  });
+  t = mark('session', t);
+  progress('compile', 1, 'Session ready');
   const config = JSON.parse(bundle.texts['config.json']);
   const heads = config.num_key_value_heads ?? config.num_attention_heads;
   const { runner, reason } = await makeRunner(ort, session, {
@@ -127,15 +293,22 @@ async function loadModel(id, { bundleUrl, threads, systemPrompt, contextWindow, 
     },
   };
   const options = JSON.stringify({ system_prompt: systemPrompt ?? null, context_window: contextWindow ?? 2048 });
+  progress('warmup', 0, 'Loading the chat engine');
   const info = unwrap(await awaitPy(host.load(res, options)));
-  progress('warmup', 0);
-  const t2 = performance.now();
+  t = mark('engine_load', t);
+  progress('warmup', 0.3, 'Warming up');
   unwrap(await awaitPy(host.warmup()));
-  progress('warmup', 1);
+  mark('warmup', t);
+  progress('warmup', 1, 'Ready');
+  const total = performance.now() - t0;
   loadInfo = {
-    load_ms: Math.round(performance.now() - t0), download_ms: Math.round(downloadMs),
-    compile_ms: Math.round(compileMs), warmup_ms: Math.round(performance.now() - t2),
+    load_ms: Math.round(total),
+    download_ms: marks.read_verify ? marks.read_verify[1] : null,
+    compile_ms: marks.session ? marks.session[1] - marks.session[0] : null,
+    warmup_ms: marks.warmup ? marks.warmup[1] - marks.warmup[0] : null,
     download_bytes: bundle.total,
+    stages: marks, // {name: [start_ms, end_ms]} since the load began; helper stages overlap python
+    python_snapshot: await pythonSnapshot, // 'hit' | 'stored' | 'miss' | 'rejected: ...' | 'disabled: ...'
     ...bundle.cache, // from_cache, cache ('hit' | 'miss' | 'disabled: <reason>'), cache_name, network_bytes
   };
   return { ...info, ...loadInfo };

@@ -1,0 +1,59 @@
+// Helper worker of one model load: gets the bundle (Cache Storage or network, bundle_loader.js
+// downloadBundle: bytes + sha256 checked), inflates weights.bin and expands it into model.data
+// (runtime_form.js), on its own thread, while the Pyodide worker boots Python. Then it hands
+// everything over (transferred, not copied) and the worker that made it terminates it.
+//
+// Why a second worker: the Pyodide worker's one thread is busy 2-3 s booting Python; before,
+// the Cache Storage read, the inflate and the int4 -> int8 expansion (inside ORT's session
+// create) queued behind it. Here they run on the other core. The ORT session itself is NOT made
+// here: it, the KV tensors and ort_glue.js stay in the Pyodide worker (no per-token hop).
+//
+// Messages in:  {bundleUrl, cache}
+// Messages out: {type: 'progress', stage: 'download' | 'expand', loaded, total}
+//               {type: 'mark', name, start, end, origin}  (ms: this worker's performance.now(), its timeOrigin)
+//               {type: 'done', bundle: {manifest, texts, graph, data, total, cache}}
+//               {type: 'error', error: <SmolChatError wire form>}
+// graph: model.onnx bytes; data: model.data bytes (manifest.runtime.expanded_bytes), both
+// Uint8Arrays whose buffers are transferred.
+//
+// What this module ignores: Python, ORT, the tokenizer, the page's progress bar.
+
+import { downloadBundle, loadError } from './bundle_loader.js';
+import { expandParts } from './runtime_form.js';
+import { toSmolChatError } from './errors.js';
+
+const post = (msg, transfer = []) => self.postMessage(msg, transfer);
+
+function mark(name, start) {
+  const end = performance.now();
+  post({ type: 'mark', name, start, end, origin: performance.timeOrigin });
+  return end;
+}
+
+self.onmessage = async ({ data: { bundleUrl, cache } }) => {
+  try {
+    let t = performance.now();
+    const bundle = await downloadBundle(bundleUrl, ({ loaded, total }) =>
+      post({ type: 'progress', stage: 'download', loaded, total }), { cache });
+    t = mark('read_verify', t);
+    let form;
+    try { form = await bundle.form; } catch (e) { throw loadError(e); }
+    t = mark('inflate', t);
+    const total = bundle.manifest.runtime.tensors.length;
+    let parts;
+    try {
+      parts = expandParts(bundle.manifest, form, {
+        // one message per ~10 tensors: the bar moves, the channel stays quiet
+        onProgress: (done) => { if (done % 10 === 0 || done === total) post({ type: 'progress', stage: 'expand', loaded: done, total }); },
+      });
+    } catch (e) { throw loadError(e); }
+    form = null;
+    mark('expand', t);
+    const { manifest, texts, graph, cache: report } = bundle;
+    const buffers = [...new Set(parts.map((p) => p.bytes.buffer))];
+    post({ type: 'done', bundle: { manifest, texts, graph, parts, total: bundle.total, cache: report } },
+         [graph.buffer, ...buffers]);
+  } catch (e) {
+    post({ type: 'error', error: toSmolChatError(e).toJSON() });
+  }
+};
