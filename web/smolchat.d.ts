@@ -12,14 +12,16 @@
 export type SmolChatErrorKind =
   | 'model_not_loaded' | 'invalid_setting' | 'context_window_exceeded' | 'bundle_missing'
   | 'bundle_corrupt' | 'kv_cache_mismatch' | 'aborted' | 'out_of_memory' | 'storage_full'
-  | 'invalid_input' | 'internal';
+  | 'invalid_input' | 'network' | 'site_incomplete' | 'internal';
 
 /** Every rejection is one of these; `name` is 'AbortError' for an aborted call. */
 export declare class SmolChatError extends Error {
   kind: SmolChatErrorKind;
   /** 'ModelNotLoaded' | 'InvalidSetting' | 'ContextWindowExceeded' | 'BundleMissing' |
    *  'BundleCorrupt' | 'KVCacheMismatch' | 'AbortError' | 'OutOfMemory' | 'StorageFull' |
-   *  'InvalidInput' | 'InternalError' */
+   *  'InvalidInput' | 'NetworkError' (a download failed, stalled or was cut; details {url,
+   *  retryable: true}: load again) | 'SiteIncomplete' (a runtime file of the site is missing:
+   *  rebuild it with ./build.sh site) | 'InternalError' */
   name: string;
   /** e.g. {field, value, allowed} for InvalidSetting; {needed, window, ...} for ContextWindowExceeded */
   details: Record<string, unknown>;

@@ -19,21 +19,82 @@ import { completions } from './openai.js';
 
 export { SmolChatError };
 
-// JS option name -> engine setting name. Values are validated by the engine (bounds, types).
+// JS option name -> engine setting name. Bounds are checked by the engine (settings.py); what
+// JSON cannot carry is checked here, before the worker: postMessage would turn NaN and
+// Infinity into null ("unset"), refuse a BigInt or an object with valueOf (DataCloneError) or
+// keep a string where a number is due.
 const OPTIONS = {
   maxTokens: 'max_tokens', temperature: 'temperature', topK: 'top_k', topP: 'top_p',
   repetitionPenalty: 'repetition_penalty', seed: 'seed', stop: 'stop',
 };
+// engine setting -> [JS type check, the allowed text of settings.py's InvalidSetting]
+const KINDS_OF = {
+  max_tokens: ['integer', 'an integer in [1, 8192]'],
+  temperature: ['number', 'a number in [0.0, 2.0]'],
+  top_k: ['integer', 'an integer in [1, 200]'],
+  top_p: ['number', 'a number in (0.0, 1.0]'],
+  repetition_penalty: ['number', 'a number in [1.0, 2.0]'],
+  seed: ['integer or null', 'an integer in [0, 4294967295], or null for a fresh seed'],
+  stop: ['strings', 'a string or a list of at most 8 strings of 1 to 64 characters'],
+};
 
+// A value as the caller wrote it: NaN, Infinity, 10n, "0.5", [object Object].
+export function shown(value) {
+  if (typeof value === 'bigint') return `${value}n`;
+  if (typeof value === 'number') return Object.is(value, -0) ? '-0' : String(value);
+  if (typeof value === 'string') return JSON.stringify(value);
+  if (typeof value === 'function') return `function ${value.name || '(anonymous)'}`;
+  if (value === null || value === undefined || typeof value !== 'object') return String(value);
+  if (Array.isArray(value)) return `[${value.map(shown).join(', ')}]`;
+  try {
+    const text = JSON.stringify(value);
+    if (text && Object.getPrototypeOf(value) === Object.prototype) return text;
+  } catch { /* cycles, BigInt inside */ }
+  return Object.prototype.toString.call(value);
+}
+
+function invalid(option, value, allowed) {
+  return makeError('invalid_setting', `invalid setting ${option}=${shown(value)}: allowed ${allowed}`,
+    { field: option, value: shown(value), allowed });
+}
+
+function fits(kind, value) {
+  switch (kind) {
+    case 'integer': return Number.isSafeInteger(value);
+    case 'integer or null': return value === null || Number.isSafeInteger(value);
+    case 'number': return typeof value === 'number' && Number.isFinite(value);
+    case 'strings': return value === null || typeof value === 'string'
+      || (Array.isArray(value) && value.every((v) => typeof v === 'string'));
+    default: return false;
+  }
+}
+
+// opts -> the engine's settings dict. Throws InvalidSetting (unknown option, a value of the
+// wrong JS type, a callback that is not a function, a signal that is not an AbortSignal).
 export function toSettings(opts = {}) {
+  if (opts === null || typeof opts !== 'object' || Array.isArray(opts)) {
+    throw invalid('options', opts, `an object {${Object.keys(OPTIONS).join(', ')}, onToken, signal}`);
+  }
   const settings = {};
   for (const [key, value] of Object.entries(opts)) {
-    if (key === 'onToken' || key === 'signal' || value === undefined) continue;
+    if (value === undefined) continue;
+    if (key === 'onToken') {
+      if (value !== null && typeof value !== 'function') throw invalid(key, value, 'a function (text) => void');
+      continue;
+    }
+    if (key === 'signal') {
+      if (value !== null && !(typeof AbortSignal !== 'undefined' && value instanceof AbortSignal)) {
+        throw invalid(key, value, 'an AbortSignal (new AbortController().signal)');
+      }
+      continue;
+    }
     const name = OPTIONS[key];
     if (!name) {
       throw makeError('invalid_setting', `unknown option ${key}: allowed ${Object.keys(OPTIONS).join(', ')}, onToken, signal`,
         { field: key });
     }
+    const [kind, allowed] = KINDS_OF[name];
+    if (!fits(kind, value)) throw invalid(key, value, allowed);
     settings[name] = value;
   }
   return settings;
@@ -41,6 +102,35 @@ export function toSettings(opts = {}) {
 
 export function defaultBundleUrl() {
   return new URL('./models/smollm2-135m-instruct-compact/', import.meta.url).href;
+}
+
+// bundleUrl (relative to the page) -> its absolute URL, or InvalidSetting when it is on an
+// origin other than the page's or SmolChat's own (where smolchat.js is served from) and not
+// in `allowed` (a list of origins or URLs, or '*'). A link like index.html?bundle=https://x/
+// would otherwise run someone else's model under this site's name.
+export function checkBundleOrigin(bundleUrl, allowed) {
+  const page = globalThis.location ? globalThis.location.href : import.meta.url;
+  let url;
+  try { url = new URL(bundleUrl, page); } catch {
+    throw makeError('invalid_setting', `invalid setting bundleUrl=${shown(bundleUrl)}: allowed a URL`,
+      { field: 'bundleUrl', value: shown(bundleUrl) });
+  }
+  const list = allowed == null ? [] : (Array.isArray(allowed) ? allowed : [allowed]);
+  const origins = new Set([new URL(page).origin, new URL(import.meta.url).origin]);
+  for (const a of list) {
+    if (a === '*') return url.href;
+    try { origins.add(new URL(String(a)).origin); } catch {
+      throw makeError('invalid_setting', `invalid setting allowedOrigins=${shown(allowed)}: allowed a list of ` +
+        "origins such as ['https://models.example.com'], or '*'", { field: 'allowedOrigins', value: shown(allowed) });
+    }
+  }
+  if (!origins.has(url.origin)) {
+    throw makeError('invalid_setting', `invalid setting bundleUrl=${JSON.stringify(url.href)}: allowed a bundle on ` +
+      `${[...origins].join(' or ')}; to load bundles from ${url.origin}, the embedding page must list it ` +
+      `(SmolChat.load({allowedOrigins: ['${url.origin}']}), widget: allowed-origins="${url.origin}")`,
+    { field: 'bundleUrl', value: url.href, origin: url.origin });
+  }
+  return url.href;
 }
 
 // A module worker must have the page's origin. Imported from another origin (the widget on a
@@ -76,11 +166,24 @@ export class SmolChat {
   // Create an instance and load the bundle. onProgress({stage, percent, loaded?, total?}),
   // stages: download, python, compile, warmup. threads: default 2 if crossOriginIsolated, else 1.
   // cache: false skips Cache Storage (bundle_cache.js); info() reports from_cache and cache.
-  static async load({ bundleUrl = defaultBundleUrl(), onProgress, threads, systemPrompt, contextWindow, cache } = {}) {
+  // allowedOrigins: origins (or '*') a bundleUrl may come from besides the page's and
+  // SmolChat's own (checkBundleOrigin). stallTimeoutMs: a download that gets no data for this
+  // long ends in NetworkError (default 30000; fetch_watch.js).
+  static async load({ bundleUrl = defaultBundleUrl(), onProgress, threads, systemPrompt, contextWindow, cache,
+                      allowedOrigins, stallTimeoutMs } = {}) {
+    if (onProgress != null && typeof onProgress !== 'function') {
+      throw makeError('invalid_setting', `invalid setting onProgress=${shown(onProgress)}: allowed a function (progress) => void`,
+        { field: 'onProgress', value: shown(onProgress) });
+    }
+    if (stallTimeoutMs != null && !(Number.isFinite(stallTimeoutMs) && stallTimeoutMs > 0)) {
+      throw makeError('invalid_setting', `invalid setting stallTimeoutMs=${shown(stallTimeoutMs)}: allowed a number of ms > 0`,
+        { field: 'stallTimeoutMs', value: shown(stallTimeoutMs) });
+    }
+    bundleUrl = checkBundleOrigin(bundleUrl, allowedOrigins);
     const bot = new SmolChat();
     try {
-      bundleUrl = new URL(bundleUrl, globalThis.location.href).href; // relative to the page
-      bot.#info = await bot.#send(Request.LOAD, { bundleUrl, threads, systemPrompt, contextWindow, cache }, { onProgress });
+      bot.#info = await bot.#send(Request.LOAD, { bundleUrl, threads, systemPrompt, contextWindow, cache, stallTimeoutMs },
+        { onProgress });
     } catch (e) {
       bot.#worker.terminate();
       throw e;
@@ -108,8 +211,8 @@ export class SmolChat {
 
   async #stream(kind, message, opts = {}) {
     if (typeof message !== 'string') throw makeError('invalid_input', 'the message must be a string');
-    const { signal, onToken } = opts;
-    const settings = toSettings(opts);
+    const settings = toSettings(opts ?? {});
+    const { signal, onToken } = opts ?? {};
     if (signal && signal.aborted) throw abortError();
     const id = this.#nextId++;
     const onAbort = () => { this.#send(Request.CANCEL, { target: id }).catch(() => {}); };

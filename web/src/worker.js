@@ -3,7 +3,12 @@
 // answers the requests of protocol.js by calling smolchat.bridge.WorkerHost.
 //
 // Requests that change the conversation run one at a time (a queue); cancel, info, health and
-// encode answer at once, so Stop works while a reply streams.
+// encode answer at once, so Stop works while a reply streams. A cancel reaches a request
+// wherever it is: still queued, it is dropped and rejected at once (AbortError, nothing
+// changed); running, Python stops it within one token (WorkerHost.cancel remembers a request
+// Python has not registered yet). clear, set_system_prompt and load_history first cancel the
+// chat replies queued or running ahead of them (their exchanges belong to the conversation
+// being replaced, as in ChatEngine._reset), so they never wait for a reply to run to its limit.
 //
 // What this module ignores: the UI and the public API (smolchat.js, app.js).
 
@@ -12,12 +17,16 @@ import { loadPyodide } from './vendor/pyodide/pyodide.mjs';
 import { Tokenizer } from './vendor/tokenizers/tokenizers.min.mjs';
 import * as glue from './ort_glue.js';
 import { downloadBundle, createSession } from './bundle_loader.js';
-import { Request, Reply, overallPercent } from './protocol.js';
-import { makeError, toSmolChatError, errorFromWire } from './errors.js';
+import { Request, Reply, STREAMING, overallPercent } from './protocol.js';
+import { makeError, abortError, siteIncomplete, toSmolChatError, errorFromWire } from './errors.js';
+import { installFetchWatch, beginLoad, loadFault } from './fetch_watch.js';
 
 // Relative to this module, not self.location: started from another origin, the worker is a
 // blob: URL that imports this file (smolchat.js spawnWorker), and blob: URLs have no base.
 const here = (path) => new URL(path, import.meta.url).href;
+
+// Every fetch of this worker is bounded and its faults typed (fetch_watch.js).
+installFetchWatch(self, { site: here('./') });
 
 let host = null;       // PyProxy of smolchat.bridge.WorkerHost
 let tokenizer = null;  // @huggingface/tokenizers Tokenizer of the bundle
@@ -63,11 +72,24 @@ async function load(id, content) {
   } catch (e) {
     if (host) { host.destroy(); host = null; }
     tokenizer = null;
-    throw e;
+    throw loadError(e);
   }
 }
 
-async function loadModel(id, { bundleUrl, threads, systemPrompt, contextWindow, cache }) {
+// The error a failed load reports: a download fault (stall, cut, a missing site file) is the
+// cause even when Pyodide or ORT wrapped it in an error of their own (fetch_watch.js).
+function loadError(e) {
+  const err = toSmolChatError(e);
+  if (['bundle_missing', 'network', 'site_incomplete'].includes(err.kind)) return err;
+  const fault = loadFault();
+  if (fault) return fault;
+  // A module the libraries import (not fetch) and did not get: e.g. vendor/ort/*.mjs.
+  const missing = /dynamically imported module:?\s*(\S+)/i.exec(err.message);
+  if (missing && missing[1].startsWith(here('./'))) return siteIncomplete(missing[1]);
+  return err;
+}
+
+async function loadModel(id, { bundleUrl, threads, systemPrompt, contextWindow, cache, stallTimeoutMs }) {
   const t0 = performance.now();
   const isolated = self.crossOriginIsolated === true;
   const want = threads || (isolated ? 2 : 1);
@@ -79,6 +101,7 @@ async function loadModel(id, { bundleUrl, threads, systemPrompt, contextWindow, 
     stage, percent: overallPercent(stage, fraction), ...extra });
 
   const url = new URL(bundleUrl, import.meta.url).href;
+  beginLoad({ stall: stallTimeoutMs, bundle: url.endsWith('/') ? url : url + '/' });
   // Python boots while the bundle downloads; its progress shows once the download is done,
   // so the bar never jumps between stages.
   let downloading = true;
@@ -90,7 +113,7 @@ async function loadModel(id, { bundleUrl, threads, systemPrompt, contextWindow, 
   downloading = false;
   const downloadMs = performance.now() - t0;
   progress('python', pythonFraction);
-  tokenizer = new Tokenizer(JSON.parse(bundle.texts['tokenizer.json']), JSON.parse(bundle.texts['tokenizer_config.json']));
+  tokenizer = makeTokenizer(bundle.texts, url);
   const { pyodide } = await python.then((r) => { host = r.host; return r; });
   progress('compile', 0);
   const t1 = performance.now();
@@ -108,7 +131,16 @@ async function loadModel(id, { bundleUrl, threads, systemPrompt, contextWindow, 
     },
   };
   const options = JSON.stringify({ system_prompt: systemPrompt ?? null, context_window: contextWindow ?? 2048 });
-  const info = unwrap(await awaitPy(host.load(res, options)));
+  let info;
+  try {
+    info = unwrap(await awaitPy(host.load(res, options)));
+  } catch (e) {
+    const err = toSmolChatError(e);
+    if (err.kind !== 'internal') throw err;
+    // the bundle's JSON files passed their sha256 but Python cannot read them
+    throw makeError('bundle_corrupt', `the bundle at ${url} has files the engine cannot read ` +
+      `(${err.message}): rebuild the bundle (./build.sh bundle), then the site (./build.sh site)`);
+  }
   progress('warmup', 0);
   const t2 = performance.now();
   unwrap(await awaitPy(host.warmup()));
@@ -120,6 +152,25 @@ async function loadModel(id, { bundleUrl, threads, systemPrompt, contextWindow, 
     ...bundle.cache, // from_cache, cache ('hit' | 'miss' | 'disabled: <reason>'), cache_name, network_bytes
   };
   return { ...info, ...loadInfo };
+}
+
+// The JS tokenizer of the bundle; a file that passed its sha256 but is no tokenizer is
+// BundleCorrupt naming the fix (a sha256 only proves the file is the one the build wrote).
+function makeTokenizer(texts, url) {
+  let name = 'tokenizer.json';
+  try {
+    const json = JSON.parse(texts[name]);
+    name = 'tokenizer_config.json';
+    const config = JSON.parse(texts[name]);
+    name = 'tokenizer.json';
+    const t = new Tokenizer(json, config);
+    t.encode('ok');   // a tokenizer without a model or vocabulary fails here, not at the first chat
+    return t;
+  } catch (e) {
+    throw makeError('bundle_corrupt', `${url}${url.endsWith('/') ? '' : '/'}${name} is not a valid ` +
+      `tokenizer (${(e && e.message) || e}): rebuild the bundle (./build.sh bundle), then the site ` +
+      '(./build.sh site)', { file: name });
+  }
 }
 
 function call(name, args = []) {
@@ -147,7 +198,6 @@ async function handle({ kind, id, content }) {
   switch (kind) {
     case Request.LOAD: return load(id, content);
     case Request.CHAT: case Request.INSTRUCT: case Request.GENERATE: return generate(id, kind, content);
-    case Request.CANCEL: return { cancelled: host ? host.cancel(content.target) : false };
     case Request.SET_SYSTEM_PROMPT: return call('set_system_prompt', [content.text ?? null]);
     case Request.CLEAR: return call('clear');
     case Request.HISTORY: return call('history');
@@ -163,6 +213,27 @@ async function handle({ kind, id, content }) {
 }
 
 const IMMEDIATE = new Set([Request.CANCEL, Request.INFO, Request.HEALTH, Request.ENCODE]);
+// Requests that replace the conversation: they cancel the chat replies ahead of them.
+const RESETS = new Set([Request.CLEAR, Request.SET_SYSTEM_PROMPT, Request.LOAD_HISTORY]);
+
+// Queued requests, in order: id -> {kind, started, cancelled}. An entry leaves when its
+// request has answered.
+const queued = new Map();
+
+// -> true when the request was found and told to stop (false: unknown or already answered).
+function cancel(target) {
+  const entry = queued.get(target);
+  if (!entry) return false;
+  if (!entry.cancelled) {
+    entry.cancelled = true;
+    if (!entry.started) {
+      post(Reply.THROW, target, abortError('aborted before it started: nothing changed').toJSON());
+    } else if (host && STREAMING.has(entry.kind)) {
+      host.cancel(target);
+    }
+  }
+  return true;
+}
 
 self.onmessage = (event) => {
   const msg = event.data;
@@ -173,6 +244,21 @@ self.onmessage = (event) => {
       post(Reply.THROW, msg.id, toSmolChatError(e).toJSON());
     }
   };
-  if (IMMEDIATE.has(msg.kind)) run();
-  else queue = queue.then(run);
+  if (msg.kind === Request.CANCEL) {
+    post(Reply.RETURN, msg.id, { cancelled: cancel(msg.content.target) });
+    return;
+  }
+  if (IMMEDIATE.has(msg.kind)) { run(); return; }
+  if (RESETS.has(msg.kind)) {
+    for (const [id, entry] of queued) if (entry.kind === Request.CHAT) cancel(id);
+  }
+  const entry = { kind: msg.kind, started: false, cancelled: false };
+  queued.set(msg.id, entry);
+  queue = queue.then(async () => {
+    if (!entry.cancelled) {
+      entry.started = true;
+      await run();
+    }
+    queued.delete(msg.id);
+  });
 };
