@@ -58,9 +58,15 @@ export interface LoadOptions {
   contextWindow?: number;
   /** false: do not use Cache Storage (default true) */
   cache?: boolean;
+  /** Origins (or '*') a bundleUrl may come from besides the page's and SmolChat's own;
+   *  another origin is an InvalidSetting error. Widget: allowed-origins="https://a https://b". */
+  allowedOrigins?: string[] | '*';
+  /** ms a download may go without data before the load fails with NetworkError (default 30000) */
+  stallTimeoutMs?: number;
 }
 
-/** Generation options; values are checked by the engine (InvalidSetting with the range). */
+/** Generation options; JS types are checked before the worker (NaN, Infinity, BigInt, objects
+ *  are InvalidSetting with the value as given), ranges by the engine (InvalidSetting with the range). */
 export interface GenerateOptions {
   /** [1, 8192], eos included */
   maxTokens?: number;
