@@ -158,6 +158,15 @@ def test_connection_cut_mid_download_is_a_network_error(blank, faulty):
     assert faulty.origin + path in r["message"] and "was cut after" in r["message"], r
 
 
+def test_stalled_worker_script_ends_in_network_error(blank, faulty):
+    # a script the worker imports (import, not fetch): the page side bounds the worker's start
+    page, _ = blank
+    faulty.set("/vendor/tokenizers/tokenizers.min.mjs", ("stall", 1000))
+    r = load(page)
+    assert not r["ok"] and r["name"] == "NetworkError" and "worker.js" in r["message"], r
+    assert r["s"] < 60, r
+
+
 def test_missing_wheel_says_the_site_is_incomplete(blank, faulty, site):
     page, _ = blank
     wheel = "/" + json.loads((site / "site.json").read_text())["wheel"]
@@ -168,13 +177,19 @@ def test_missing_wheel_says_the_site_is_incomplete(blank, faulty, site):
     assert "Traceback" not in json.dumps(r)
 
 
-def test_missing_onnx_runtime_wasm_says_rebuild_the_site_not_the_bundle(blank, faulty):
+@pytest.mark.parametrize("path", [
+    "/vendor/ort/ort-wasm-simd-threaded.wasm",     # fetched by ORT at the first session
+    "/vendor/ort/ort-wasm-simd-threaded.mjs",      # imported by ORT (import(), not fetch)
+    "/vendor/pyodide/python_stdlib.zip",           # fetched by Pyodide's boot
+    "/vendor/tokenizers/tokenizers.min.mjs",       # a static import of worker.js: no worker at all
+])
+def test_missing_runtime_file_says_rebuild_the_site_not_the_bundle(blank, faulty, path):
     page, _ = blank
-    path = "/vendor/ort/ort-wasm-simd-threaded.wasm"
     faulty.set(path, ("404",))
     r = load(page)
-    assert not r["ok"] and r["name"] == "SiteIncomplete", r
+    assert not r["ok"] and (r["name"], r["kind"]) == ("SiteIncomplete", "site_incomplete"), r
     assert "rebuild it with ./build.sh site" in r["message"] and "bundle" not in r["message"], r
+    assert r["s"] < 120, r
 
 
 def test_tokenizer_with_a_matching_sha_but_no_tokenizer_is_bundle_corrupt(blank, faulty, kit):
@@ -366,5 +381,39 @@ def test_options_json_cannot_carry_are_refused_before_the_worker(tiny, option, v
     assert len(r["history"]) == 2, r
 
 
+@pytest.mark.parametrize("field, value_js, shown", [
+    ("max_tokens", "NaN", "max_tokens=NaN"),
+    ("seed", "Infinity", "seed=Infinity"),
+    ("temperature", "10n", "temperature=10n"),
+])
+def test_openai_fields_json_cannot_carry_are_named_as_sent(tiny, field, value_js, shown):
+    r = js(tiny, f"""let error = null;
+      try {{ await bot.chat.completions.create({{ messages: [{{ role: 'user', content: 'x' }}], {field}: {value_js} }}); }}
+      catch (e) {{ error = {{ name: e.name, message: e.message }}; }}
+      return error;""")
+    assert r is not None and r["name"] == "InvalidSetting" and shown in r["message"], r
+
+
 def test_no_console_errors(tiny):
     assert tiny[1] == []
+
+
+def test_unload_ends_the_streaming_reply_and_every_later_call_is_typed(blank):
+    page, _ = blank
+    assert load(page)["ok"]
+    r = page.evaluate("""async () => {
+      const bot = window.bot;
+      let first;
+      const started = new Promise((resolve) => { first = resolve; });
+      const a = bot.chat('Write a long essay about rivers.', { maxTokens: 1500, onToken: () => first() })
+        .then((x) => [x.finish_reason, x.completion_tokens], (e) => [e.name, null]);
+      const queued = bot.chat('QUEUED', { maxTokens: 1500 }).then((x) => x.finish_reason, (e) => e.name);
+      await started;
+      await bot.unload();
+      let after = null;
+      try { await bot.chat('hi'); } catch (e) { after = e.name; }
+      return { a: await a, queued: await queued, after };
+    }""")
+    assert r["a"][0] in ("abort", "AbortError", "ModelNotLoaded") and (r["a"][1] or 0) < 1500, r
+    assert r["queued"] in ("AbortError", "ModelNotLoaded"), r
+    assert r["after"] == "ModelNotLoaded", r

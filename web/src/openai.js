@@ -41,6 +41,7 @@
 // What this module ignores: how a reply is produced (smolchat.js, the engine).
 
 import { makeError, abortError } from './errors.js';
+import { checkField } from './options.js';
 
 // OpenAI body field -> SmolChat option name (smolchat.js OPTIONS).
 const SETTINGS = {
@@ -135,7 +136,7 @@ export function parseRequest(body) {
   for (const [field, option] of Object.entries(SETTINGS)) {
     if (body[field] == null) continue;
     if (option in options) throw invalidSetting(field, body[field], 'max_tokens or max_completion_tokens, not both');
-    options[option] = body[field];
+    options[option] = checkField(field, option, body[field]);   // NaN, 10n, '0.5' ... named as sent
   }
   return { system, history: clean, message: last.content, options, stream, includeUsage };
 }

@@ -14,91 +14,14 @@
 // (issue 5) build on this class.
 
 import { Request, Reply, thrown } from './protocol.js';
-import { SmolChatError, makeError, abortError } from './errors.js';
+import { SmolChatError, makeError, abortError, networkError } from './errors.js';
+import { DEFAULT_STALL_MS } from './fetch_watch.js';
 import { completions } from './openai.js';
+import { toSettings, shown } from './options.js';
 
 export { SmolChatError };
 
-// JS option name -> engine setting name. Bounds are checked by the engine (settings.py); what
-// JSON cannot carry is checked here, before the worker: postMessage would turn NaN and
-// Infinity into null ("unset"), refuse a BigInt or an object with valueOf (DataCloneError) or
-// keep a string where a number is due.
-const OPTIONS = {
-  maxTokens: 'max_tokens', temperature: 'temperature', topK: 'top_k', topP: 'top_p',
-  repetitionPenalty: 'repetition_penalty', seed: 'seed', stop: 'stop',
-};
-// engine setting -> [JS type check, the allowed text of settings.py's InvalidSetting]
-const KINDS_OF = {
-  max_tokens: ['integer', 'an integer in [1, 8192]'],
-  temperature: ['number', 'a number in [0.0, 2.0]'],
-  top_k: ['integer', 'an integer in [1, 200]'],
-  top_p: ['number', 'a number in (0.0, 1.0]'],
-  repetition_penalty: ['number', 'a number in [1.0, 2.0]'],
-  seed: ['integer or null', 'an integer in [0, 4294967295], or null for a fresh seed'],
-  stop: ['strings', 'a string or a list of at most 8 strings of 1 to 64 characters'],
-};
-
-// A value as the caller wrote it: NaN, Infinity, 10n, "0.5", [object Object].
-export function shown(value) {
-  if (typeof value === 'bigint') return `${value}n`;
-  if (typeof value === 'number') return Object.is(value, -0) ? '-0' : String(value);
-  if (typeof value === 'string') return JSON.stringify(value);
-  if (typeof value === 'function') return `function ${value.name || '(anonymous)'}`;
-  if (value === null || value === undefined || typeof value !== 'object') return String(value);
-  if (Array.isArray(value)) return `[${value.map(shown).join(', ')}]`;
-  try {
-    const text = JSON.stringify(value);
-    if (text && Object.getPrototypeOf(value) === Object.prototype) return text;
-  } catch { /* cycles, BigInt inside */ }
-  return Object.prototype.toString.call(value);
-}
-
-function invalid(option, value, allowed) {
-  return makeError('invalid_setting', `invalid setting ${option}=${shown(value)}: allowed ${allowed}`,
-    { field: option, value: shown(value), allowed });
-}
-
-function fits(kind, value) {
-  switch (kind) {
-    case 'integer': return Number.isSafeInteger(value);
-    case 'integer or null': return value === null || Number.isSafeInteger(value);
-    case 'number': return typeof value === 'number' && Number.isFinite(value);
-    case 'strings': return value === null || typeof value === 'string'
-      || (Array.isArray(value) && value.every((v) => typeof v === 'string'));
-    default: return false;
-  }
-}
-
-// opts -> the engine's settings dict. Throws InvalidSetting (unknown option, a value of the
-// wrong JS type, a callback that is not a function, a signal that is not an AbortSignal).
-export function toSettings(opts = {}) {
-  if (opts === null || typeof opts !== 'object' || Array.isArray(opts)) {
-    throw invalid('options', opts, `an object {${Object.keys(OPTIONS).join(', ')}, onToken, signal}`);
-  }
-  const settings = {};
-  for (const [key, value] of Object.entries(opts)) {
-    if (value === undefined) continue;
-    if (key === 'onToken') {
-      if (value !== null && typeof value !== 'function') throw invalid(key, value, 'a function (text) => void');
-      continue;
-    }
-    if (key === 'signal') {
-      if (value !== null && !(typeof AbortSignal !== 'undefined' && value instanceof AbortSignal)) {
-        throw invalid(key, value, 'an AbortSignal (new AbortController().signal)');
-      }
-      continue;
-    }
-    const name = OPTIONS[key];
-    if (!name) {
-      throw makeError('invalid_setting', `unknown option ${key}: allowed ${Object.keys(OPTIONS).join(', ')}, onToken, signal`,
-        { field: key });
-    }
-    const [kind, allowed] = KINDS_OF[name];
-    if (!fits(kind, value)) throw invalid(key, value, allowed);
-    settings[name] = value;
-  }
-  return settings;
-}
+export { toSettings, shown };
 
 export function defaultBundleUrl() {
   return new URL('./models/smollm2-135m-instruct-compact/', import.meta.url).href;
@@ -147,6 +70,7 @@ export class SmolChat {
   #nextId = 1;
   #pending = new Map(); // id -> {resolve, reject, onChunk, onProgress}
   #info = null;
+  #heard = false;   // a message came from the worker: its scripts loaded
 
   constructor() {
     this.#worker = spawnWorker(new URL('./worker.js', import.meta.url));
@@ -157,9 +81,15 @@ export class SmolChat {
     this.chat = chat;
     this.#worker.onmessage = (event) => this.#receive(event.data);
     this.#worker.onerror = (event) => {
-      const err = makeError('internal', `the SmolChat worker failed: ${event.message || 'script error'}`);
-      for (const p of this.#pending.values()) p.reject(err);
-      this.#pending.clear();
+      // Before the worker's first message, an error event means its module graph did not load
+      // (worker.js or a vendor script it imports is missing): the deployment, not the model.
+      const url = new URL('./worker.js', import.meta.url).href;
+      const err = this.#heard
+        ? makeError('internal', `the SmolChat worker failed: ${event.message || 'script error'}`)
+        : makeError('site_incomplete', `the site is incomplete: the SmolChat worker (${url}) or a script it ` +
+            `imports could not be loaded${event.message ? ` (${event.message})` : ''}; rebuild it with ./build.sh site`,
+          { url });
+      this.#failAll(err);
     };
   }
 
@@ -181,17 +111,34 @@ export class SmolChat {
     }
     bundleUrl = checkBundleOrigin(bundleUrl, allowedOrigins);
     const bot = new SmolChat();
+    // The worker's own scripts come by import, not fetch (fetch_watch.js cannot see them):
+    // until its first message, the same stall limit applies to its start.
+    const stall = stallTimeoutMs ?? DEFAULT_STALL_MS;
+    const started = setTimeout(() => {
+      if (!bot.#heard) {
+        bot.#failAll(networkError(new URL('./worker.js', import.meta.url).href,
+          `(the SmolChat worker and the scripts it imports) got no answer for ${stall / 1000} s`));
+      }
+    }, stall);
     try {
       bot.#info = await bot.#send(Request.LOAD, { bundleUrl, threads, systemPrompt, contextWindow, cache, stallTimeoutMs },
         { onProgress });
     } catch (e) {
       bot.#worker.terminate();
       throw e;
+    } finally {
+      clearTimeout(started);
     }
     return bot;
   }
 
+  #failAll(err) {
+    for (const p of this.#pending.values()) p.reject(err);
+    this.#pending.clear();
+  }
+
   #receive({ kind, id, content }) {
+    this.#heard = true;
     const p = this.#pending.get(id);
     if (!p) return;
     if (kind === Reply.PROGRESS) { if (p.onProgress) p.onProgress(content); return; }

@@ -100,6 +100,7 @@ async function loadModel(id, { bundleUrl, threads, systemPrompt, contextWindow, 
   const progress = (stage, fraction, extra = {}) => post(Reply.PROGRESS, id, {
     stage, percent: overallPercent(stage, fraction), ...extra });
 
+  progress('download', 0, { loaded: 0, total: 0 });   // the first message: this worker's scripts loaded (smolchat.js waits for it)
   const url = new URL(bundleUrl, import.meta.url).href;
   beginLoad({ stall: stallTimeoutMs, bundle: url.endsWith('/') ? url : url + '/' });
   // Python boots while the bundle downloads; its progress shows once the download is done,
@@ -251,6 +252,9 @@ self.onmessage = (event) => {
   if (IMMEDIATE.has(msg.kind)) { run(); return; }
   if (RESETS.has(msg.kind)) {
     for (const [id, entry] of queued) if (entry.kind === Request.CHAT) cancel(id);
+  }
+  if (msg.kind === Request.UNLOAD) {   // nothing ahead of an unload runs on
+    for (const [id, entry] of queued) if (STREAMING.has(entry.kind)) cancel(id);
   }
   const entry = { kind: msg.kind, started: false, cancelled: false };
   queued.set(msg.id, entry);
