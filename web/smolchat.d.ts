@@ -12,14 +12,16 @@
 export type SmolChatErrorKind =
   | 'model_not_loaded' | 'invalid_setting' | 'context_window_exceeded' | 'bundle_missing'
   | 'bundle_corrupt' | 'kv_cache_mismatch' | 'aborted' | 'out_of_memory' | 'storage_full'
-  | 'invalid_input' | 'internal';
+  | 'invalid_input' | 'network' | 'site_incomplete' | 'internal';
 
 /** Every rejection is one of these; `name` is 'AbortError' for an aborted call. */
 export declare class SmolChatError extends Error {
   kind: SmolChatErrorKind;
   /** 'ModelNotLoaded' | 'InvalidSetting' | 'ContextWindowExceeded' | 'BundleMissing' |
    *  'BundleCorrupt' | 'KVCacheMismatch' | 'AbortError' | 'OutOfMemory' | 'StorageFull' |
-   *  'InvalidInput' | 'InternalError' */
+   *  'InvalidInput' | 'NetworkError' (a download failed, stalled or was cut; details {url,
+   *  retryable: true}: load again) | 'SiteIncomplete' (a runtime file of the site is missing:
+   *  rebuild it with ./build.sh site) | 'InternalError' */
   name: string;
   /** e.g. {field, value, allowed} for InvalidSetting; {needed, window, ...} for ContextWindowExceeded */
   details: Record<string, unknown>;
@@ -62,9 +64,15 @@ export interface LoadOptions {
   /** false: keep the KV cache in JS tensors through ORT's public session.run (default true:
    * in ORT's wasm heap, run through its own entry points; used where available) */
   heapKV?: boolean;
+  /** Origins (or '*') a bundleUrl may come from besides the page's and SmolChat's own;
+   *  another origin is an InvalidSetting error. Widget: allowed-origins="https://a https://b". */
+  allowedOrigins?: string[] | '*';
+  /** ms a download may go without data before the load fails with NetworkError (default 30000) */
+  stallTimeoutMs?: number;
 }
 
-/** Generation options; values are checked by the engine (InvalidSetting with the range). */
+/** Generation options; JS types are checked before the worker (NaN, Infinity, BigInt, objects
+ *  are InvalidSetting with the value as given), ranges by the engine (InvalidSetting with the range). */
 export interface GenerateOptions {
   /** [1, 8192], eos included */
   maxTokens?: number;

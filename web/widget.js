@@ -14,6 +14,8 @@
 //   bundle         bundle URL (relative to the page), or a bundle id served next to widget.js
 //                  ("tiny-random" -> <widget dir>/models/tiny-random/); default: the compact
 //                  SmolLM2 bundle next to widget.js
+//                  (on another origin than the page's or SmolChat's only with allowed-origins)
+//   allowed-origins  space-separated origins `bundle` may come from besides those two, or *
 //   system-prompt  system prompt (default: the model's own); changing it clears the chat
 //   title          panel title (default "SmolChat")
 //   theme          light | dark (default light)
@@ -219,6 +221,9 @@ export class SmolChatElement extends HTMLElement {
     this.#loading = SmolChat.load({
       bundleUrl: resolveBundleUrl(this.getAttribute('bundle')),
       systemPrompt: this.getAttribute('system-prompt') || undefined,
+      // space-separated origins a `bundle` on another origin may come from (or '*'); without
+      // it only the page's origin and SmolChat's own are accepted (issue 20)
+      allowedOrigins: (this.getAttribute('allowed-origins') || '').split(/\s+/).filter(Boolean),
       onProgress: (p) => this.#progress(p),
     }).then(async (bot) => {
       this.#bot = bot;

@@ -3,6 +3,7 @@
     python -m smolchat_bench                      # full: 128 tokens, 3 repetitions, 1 and 2 threads
     python -m smolchat_bench --quick              # 16 tokens, 1 repetition (development, CI)
     python -m smolchat_bench --systems native,wllama --threads 1 --out /tmp/b
+    python -m smolchat_bench --soak [--turns 200] [--bundle ID]   # memory soak (soak.py)
 
 Systems: smolchat, wllama, transformersjs (browser, served from one local origin with
 COOP/COEP, driven in headless Chromium), native (onnxruntime on our runtime form, plus
@@ -328,7 +329,11 @@ PROFILE_NOTES = (
 
 
 def main(argv=None) -> None:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--soak"]:   # the memory soak in the page (soak.py), not the speed table
+        from . import soak
+        sys.exit(soak.main(argv[1:]))
+    args = parse_args(argv)
     load = LoadSampler()
     started = dt.datetime.now(dt.timezone.utc)
     browser_systems = [s for s in args.systems if s in BROWSER_SYSTEMS]

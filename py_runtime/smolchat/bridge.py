@@ -214,6 +214,9 @@ class WorkerHost:
         self.engine = None
         self.backend = None
         self._streams: dict[int, object] = {}
+        # ids cancelled after worker.js started them but before run() registered their stream
+        # (the coroutine starts on the next event-loop turn); run() cancels them at once
+        self._cancel_early: set[int] = set()
 
     def _need(self):
         if self.engine is None:
@@ -249,6 +252,8 @@ class WorkerHost:
             settings = json.loads(settings_json)
             stream = getattr(engine, mode)(message, **settings)
             self._streams[req_id] = stream
+            if req_id in self._cancel_early:
+                stream.cancel()                  # before it started: it changes nothing
             async for piece in stream:
                 on_piece(piece)
             reply = await stream.result()
@@ -257,10 +262,14 @@ class WorkerHost:
             return _err(e)
         finally:
             self._streams.pop(req_id, None)
+            self._cancel_early.discard(req_id)
 
     def cancel(self, req_id: int) -> bool:
+        """Stop the stream of request `req_id` (True), or remember the id for run() when it is
+        not running yet (False; worker.js only cancels requests it has started)."""
         stream = self._streams.get(req_id)
         if stream is None:
+            self._cancel_early.add(req_id)
             return False
         stream.cancel()
         return True

@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 from .engine import ChatEngine
-from .errors import SmolChatError
+from .errors import InvalidSetting, SmolChatError
 from .settings import FIELDS, resolve
 
 BUNDLE_ID = "smollm2-135m-instruct-compact"
@@ -126,8 +126,16 @@ HELP = """commands:
 
 
 def _parse_value(name: str, text: str):
+    """The text after `/set NAME` -> a value for resolve(); InvalidSetting when `stop` starts
+    like a JSON list but is not one (the engine checks everything else)."""
     if name == "stop":
-        return json.loads(text) if text.startswith("[") else text
+        if not text.startswith("["):
+            return text
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as e:
+            raise InvalidSetting("stop", text, 'a plain string, or a JSON list of strings such as '
+                                 f'["\\n\\n", "User:"] ({e.msg} at character {e.pos})') from None
     if text.lower() == "none":
         return None
     for cast in (int, float):

@@ -17,6 +17,8 @@ KINDS = (
     "out_of_memory",           # runtime could not allocate
     "storage_full",            # browser cache quota exceeded
     "invalid_input",           # malformed message / history
+    "network",                 # a download failed, stalled or was cut (browser; retryable)
+    "site_incomplete",         # a runtime file of the served site is missing (browser)
 )
 
 

@@ -104,3 +104,23 @@ def test_missing_bundle_is_one_line_naming_the_build_step(tmp_path):
     assert run.stdout == ""
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and "./build.sh bundle" in lines[0] and lines[0].startswith("error:")
+
+
+def test_bad_set_in_the_real_chat_process_keeps_the_conversation(tmp_path):
+    """Issue 20 #7: `printf 'hello\\n/set stop [x\\n' | ./build.sh chat` died with a
+    JSONDecodeError traceback (exit 1). The real process, on the tiny bundle (same format)."""
+    tiny = REPO / "models" / "tiny-random"
+    assert (tiny / "manifest.json").is_file(), \
+        "models/tiny-random is missing: ./build.sh bundle --source tiny-random --out models/tiny-random"
+    run = subprocess.run(
+        [sys.executable, "-m", "smolchat", "chat", "--bundle", str(tiny)],
+        input="hello\n/set max_tokens 4\n/set stop [x\n/set stop [\"x\"\n/set stop [\"x\"]\n/history\n",
+        capture_output=True, text=True, timeout=300, cwd=REPO,
+        env={"PYTHONPATH": str(REPO / "py_runtime"), "PATH": "/usr/bin:/bin"})
+    assert run.returncode == 0, run.stderr
+    assert "Traceback" not in run.stderr and "JSONDecodeError" not in run.stdout + run.stderr
+    assert "error: invalid setting stop='[x': allowed a plain string, or a JSON list of strings" in run.stdout
+    assert "error: invalid setting stop='[\"x\"'" in run.stdout
+    assert "stop = ['x']" in run.stdout
+    history = json.loads(run.stdout.split("you> /history\n", 1)[1].rsplit("you> ", 1)[0])
+    assert [m["role"] for m in history] == ["user", "assistant"] and history[0]["content"] == "hello"

@@ -65,6 +65,18 @@ def test_cancel_stops_the_stream():
     assert host.cancel(7) is False                      # finished streams are forgotten
 
 
+def test_cancel_before_run_registers_changes_nothing():
+    # worker.js started request 8 but Python has not run it yet (issue 20 #2): the cancel is
+    # remembered, the run ends at once as an abort and nothing joins the history
+    host = host_with("word " * 200)
+    assert host.cancel(8) is False
+    reply, pieces = run(host, 8, "chat", "talk", {"max_tokens": 100})
+    assert reply["ok"]["finish_reason"] == "abort" and reply["ok"]["completion_tokens"] == 0
+    assert pieces == [] and json.loads(host.call("history"))["ok"] == []
+    reply, _ = run(host, 9, "chat", "talk", {"max_tokens": 3})   # the next one runs normally
+    assert reply["ok"]["finish_reason"] == "length"
+
+
 def test_sync_calls_round_trip_history():
     host = host_with()
     run(host, 1, "chat", "hello")

@@ -10,13 +10,24 @@ the page needs.
   compile), .whl, .json, .onnx/.bin.
 - Cache-Control: no-cache: the browser revalidates (Last-Modified -> 304), so a rebuilt
   bundle or wheel is never served stale.
+- Content-Security-Policy (every response: a worker's policy is its script's header): only
+  what the page, the widget and the API need: scripts, styles, fetches and workers from this
+  origin; 'wasm-unsafe-eval' (Pyodide and ONNX Runtime compile WebAssembly); blob: workers
+  (smolchat.js starts its worker through a blob: URL when imported from another origin);
+  inline <style> (the widget's shadow root and the examples); an HTML page's own inline
+  scripts by their sha256 (examples/api.html), nothing else inline, no eval, no plugins, no
+  framing by other sites.
+- No directory listings: a folder without index.html is a 404 (/models/, /vendor/ ...).
 
 What this module ignores: building the site (site.py).
 """
 
 from __future__ import annotations
 
+import base64
 import functools
+import hashlib
+import re
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -50,6 +61,33 @@ HEADERS = {
 }
 
 
+CSP = {
+    "default-src": "'self'",
+    "script-src": "'self' 'wasm-unsafe-eval'",
+    "worker-src": "'self' blob:",
+    "connect-src": "'self'",
+    "style-src": "'self' 'unsafe-inline'",
+    "img-src": "'self' data:",
+    "object-src": "'none'",
+    "base-uri": "'self'",
+    "form-action": "'self'",
+    "frame-ancestors": "'self'",
+}
+
+_INLINE_SCRIPT = re.compile(rb"<script(?![^>]*\bsrc\s*=)[^>]*>(.*?)</script>", re.S | re.I)
+
+
+def content_security_policy(html: bytes | None = None) -> str:
+    """The CSP header; for an HTML page, its inline scripts are allowed by their sha256."""
+    policy = dict(CSP)
+    if html:
+        hashes = [base64.b64encode(hashlib.sha256(m.group(1)).digest()).decode()
+                  for m in _INLINE_SCRIPT.finditer(html)]
+        if hashes:
+            policy["script-src"] += "".join(f" 'sha256-{h}'" for h in hashes)
+    return "; ".join(f"{k} {v}" for k, v in policy.items())
+
+
 class SiteHandler(SimpleHTTPRequestHandler):
     extensions_map = {**SimpleHTTPRequestHandler.extensions_map, **MIME}
     quiet = False
@@ -57,7 +95,25 @@ class SiteHandler(SimpleHTTPRequestHandler):
     def end_headers(self):
         for k, v in HEADERS.items():
             self.send_header(k, v)
+        self.send_header("Content-Security-Policy", content_security_policy(self._html))
         super().end_headers()
+
+    _html = None   # the body of the HTML page being sent (for its inline scripts' hashes)
+
+    def send_head(self):
+        path = self.translate_path(self.path)
+        if Path(path).is_dir():
+            if not Path(path, "index.html").is_file() and self.path.split("?")[0].endswith("/"):
+                self.send_error(404, "no directory listings")
+                return None
+            path = str(Path(path, "index.html"))
+        if path.endswith(".html") and Path(path).is_file():
+            self._html = Path(path).read_bytes()
+        return super().send_head()
+
+    def list_directory(self, path):
+        self.send_error(404, "no directory listings")
+        return None
 
     def log_message(self, format, *args):
         if not self.quiet:

@@ -36,6 +36,10 @@ function plainWords(e) {
         (e.details && e.details.url ? `\nMissing: ${e.details.url}` : '');
     case 'bundle_corrupt':
       return `The model files are damaged or out of date. Rebuild them with "./build.sh bundle", then reload.\n${e.message}`;
+    case 'network':
+      return `The model download failed or stalled. Check the connection and reload this page to try again.\n${e.message}`;
+    case 'site_incomplete':
+      return `This site is missing some of its own files. Rebuild it with "./build.sh site", then reload.\n${e.message}`;
     case 'out_of_memory':
       return 'Your browser ran out of memory while running the model. Close other tabs, clear the chat, or reload the page.';
     case 'context_window_exceeded':

@@ -6,7 +6,7 @@
 //
 // What this module ignores: Python, the tokenizer's use, how the cache stores and versions files.
 
-import { makeError, toSmolChatError } from './errors.js';
+import { SmolChatError, makeError, toSmolChatError } from './errors.js';
 import { openBundleCache } from './bundle_cache.js';
 
 // The files the browser needs; model.data is never shipped (built in memory).
@@ -27,6 +27,7 @@ async function fetchOrMissing(url, init = undefined) {
   try {
     response = await fetch(url, init);
   } catch (e) {
+    if (e instanceof SmolChatError) throw e;   // NetworkError from fetch_watch.js (in the worker)
     throw makeError('bundle_missing', `could not fetch ${url} (${e.message}): is the server running?`, { url });
   }
   if (!response.ok) {

@@ -20,7 +20,7 @@ export class SmolChatError extends Error {
 export const KINDS = Object.freeze([
   'model_not_loaded', 'invalid_setting', 'context_window_exceeded', 'bundle_missing',
   'bundle_corrupt', 'kv_cache_mismatch', 'aborted', 'out_of_memory', 'storage_full',
-  'invalid_input', 'internal',
+  'invalid_input', 'network', 'site_incomplete', 'internal',
 ]);
 
 const NAMES = {
@@ -28,12 +28,25 @@ const NAMES = {
   context_window_exceeded: 'ContextWindowExceeded', bundle_missing: 'BundleMissing',
   bundle_corrupt: 'BundleCorrupt', kv_cache_mismatch: 'KVCacheMismatch', aborted: 'AbortError',
   out_of_memory: 'OutOfMemory', storage_full: 'StorageFull', invalid_input: 'InvalidInput',
-  internal: 'InternalError',
+  network: 'NetworkError', site_incomplete: 'SiteIncomplete', internal: 'InternalError',
 };
 
 export function makeError(kind, message, details = {}) {
   const k = KINDS.includes(kind) ? kind : 'internal';
   return new SmolChatError(message, { kind: k, name: NAMES[k], details });
+}
+
+// A download that failed, stalled or was cut: the site is fine, try again (details.retryable).
+export function networkError(url, why, details = {}) {
+  return makeError('network', `the download of ${url} ${why}: check the connection and load again`,
+    { url, retryable: true, ...details });
+}
+
+// A file of the site itself (Pyodide, ONNX Runtime, the smolchat wheel) is missing: the
+// deployment is incomplete; no bundle rebuild fixes it.
+export function siteIncomplete(url, status) {
+  return makeError('site_incomplete', `the site is incomplete: ${url} is missing` +
+    `${status ? ` (HTTP ${status})` : ''}; rebuild it with ./build.sh site`, { url, status: status ?? null });
 }
 
 export function abortError(message = 'the request was aborted') {

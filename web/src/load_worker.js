@@ -8,7 +8,7 @@
 // create) queued behind it. Here they run on the other core. The ORT session itself is NOT made
 // here: it, the KV tensors and ort_glue.js stay in the Pyodide worker (no per-token hop).
 //
-// Messages in:  {bundleUrl, cache}
+// Messages in:  {bundleUrl, cache, stallTimeoutMs}
 // Messages out: {type: 'progress', stage: 'download' | 'expand', loaded, total}
 //               {type: 'mark', name, start, end, origin}  (ms: this worker's performance.now(), its timeOrigin)
 //               {type: 'done', bundle: {manifest, texts, graph, data, total, cache}}
@@ -21,6 +21,10 @@
 import { downloadBundle, loadError } from './bundle_loader.js';
 import { expandParts } from './runtime_form.js';
 import { toSmolChatError } from './errors.js';
+import { installFetchWatch, beginLoad, loadFault } from './fetch_watch.js';
+
+// Every fetch of this worker is bounded and its faults typed (fetch_watch.js), as in worker.js.
+installFetchWatch(self, { site: new URL('./', import.meta.url).href });
 
 const post = (msg, transfer = []) => self.postMessage(msg, transfer);
 
@@ -30,7 +34,8 @@ function mark(name, start) {
   return end;
 }
 
-self.onmessage = async ({ data: { bundleUrl, cache } }) => {
+self.onmessage = async ({ data: { bundleUrl, cache, stallTimeoutMs } }) => {
+  beginLoad({ stall: stallTimeoutMs, bundle: bundleUrl.endsWith('/') ? bundleUrl : bundleUrl + '/' });
   try {
     let t = performance.now();
     const bundle = await downloadBundle(bundleUrl, ({ loaded, total }) =>
@@ -54,6 +59,9 @@ self.onmessage = async ({ data: { bundleUrl, cache } }) => {
     post({ type: 'done', bundle: { manifest, texts, graph, parts, total: bundle.total, cache: report } },
          [graph.buffer, ...buffers]);
   } catch (e) {
-    post({ type: 'error', error: toSmolChatError(e).toJSON() });
+    const err = toSmolChatError(e);
+    // a download fault (stall, cut, missing site file) is the cause of whatever it broke
+    const fault = ['bundle_missing', 'network', 'site_incomplete'].includes(err.kind) ? null : loadFault();
+    post({ type: 'error', error: (fault || err).toJSON() });
   }
 };

@@ -41,6 +41,7 @@
 // What this module ignores: how a reply is produced (smolchat.js, the engine).
 
 import { makeError, abortError } from './errors.js';
+import { checkField } from './options.js';
 
 // OpenAI body field -> SmolChat option name (smolchat.js OPTIONS).
 const SETTINGS = {
@@ -102,6 +103,21 @@ export function parseRequest(body) {
   if (!last || last.role !== 'user') {
     throw invalidInput('the last message must be from the user: it is the one the model answers');
   }
+  // The turns before the last are whole exchanges (ChatEngine.load_history's rule), checked
+  // here so a bad body is refused before the instance's conversation is touched.
+  const offset = system === null ? 0 : 1;
+  clean.forEach((msg, i) => {
+    const want = i % 2 === 0 ? 'user' : 'assistant';
+    if (msg.role !== want) {
+      throw invalidInput(`messages[${i + offset}].role is ${msg.role} where ${want} was expected: ` +
+        'messages are an optional system message, then user/assistant pairs, then the user ' +
+        'message to answer', { index: i + offset });
+    }
+  });
+  if (clean.length % 2) {
+    throw invalidInput(`messages[${clean.length - 1 + offset}] (user) has no assistant reply after it: ` +
+      'merge it into the last user message or add the reply', { index: clean.length - 1 + offset });
+  }
   if (body.model != null && typeof body.model !== 'string') throw invalidSetting('model', body.model, 'a string (ignored)');
   if (body.n != null && body.n !== 1) throw invalidSetting('n', body.n, '1 (one choice per request)');
   if (body.stream != null && typeof body.stream !== 'boolean') throw invalidSetting('stream', body.stream, 'true or false');
@@ -120,7 +136,7 @@ export function parseRequest(body) {
   for (const [field, option] of Object.entries(SETTINGS)) {
     if (body[field] == null) continue;
     if (option in options) throw invalidSetting(field, body[field], 'max_tokens or max_completion_tokens, not both');
-    options[option] = body[field];
+    options[option] = checkField(field, option, body[field]);   // NaN, 10n, '0.5' ... named as sent
   }
   return { system, history: clean, message: last.content, options, stream, includeUsage };
 }
@@ -223,8 +239,10 @@ export function completions(bot) {
     return err;
   }
 
-  // A request the engine rejects before generating (bad setting, context too small) leaves
-  // the conversation as it was before the request: bad input loses nothing.
+  // A request the engine rejects before generating (bad setting, bad history, context too
+  // small) leaves the conversation (history and system prompt) as it was before the request:
+  // bad input loses nothing. `before` is getConversationHistory(): it starts with the system
+  // message when a custom system prompt is set.
   async function restoring(before, e) {
     if (!e || e.name === 'AbortError') return e;
     try {
@@ -237,8 +255,10 @@ export function completions(bot) {
   async function run(req, signal, m) {
     if (signal && signal.aborted) throw abortError();
     const before = await bot.getConversationHistory();
-    await bot.setSystemPrompt(req.system);
-    await bot.setConversationHistory(req.history);
+    try {
+      await bot.setSystemPrompt(req.system);
+      await bot.setConversationHistory(req.history);
+    } catch (e) { throw await restoring(before, e); }
     if (!req.stream) {
       try {
         return completionFromReply(await bot.chat(req.message, { ...req.options, signal }), m);

@@ -14,33 +14,46 @@
 // (issue 5) build on this class.
 
 import { Request, Reply, thrown } from './protocol.js';
-import { SmolChatError, makeError, abortError } from './errors.js';
+import { SmolChatError, makeError, abortError, networkError } from './errors.js';
+import { DEFAULT_STALL_MS } from './fetch_watch.js';
 import { completions } from './openai.js';
+import { toSettings, shown } from './options.js';
 
 export { SmolChatError };
 
-// JS option name -> engine setting name. Values are validated by the engine (bounds, types).
-const OPTIONS = {
-  maxTokens: 'max_tokens', temperature: 'temperature', topK: 'top_k', topP: 'top_p',
-  repetitionPenalty: 'repetition_penalty', seed: 'seed', stop: 'stop',
-};
-
-export function toSettings(opts = {}) {
-  const settings = {};
-  for (const [key, value] of Object.entries(opts)) {
-    if (key === 'onToken' || key === 'signal' || value === undefined) continue;
-    const name = OPTIONS[key];
-    if (!name) {
-      throw makeError('invalid_setting', `unknown option ${key}: allowed ${Object.keys(OPTIONS).join(', ')}, onToken, signal`,
-        { field: key });
-    }
-    settings[name] = value;
-  }
-  return settings;
-}
+export { toSettings, shown };
 
 export function defaultBundleUrl() {
   return new URL('./models/smollm2-135m-instruct-compact/', import.meta.url).href;
+}
+
+// bundleUrl (relative to the page) -> its absolute URL, or InvalidSetting when it is on an
+// origin other than the page's or SmolChat's own (where smolchat.js is served from) and not
+// in `allowed` (a list of origins or URLs, or '*'). A link like index.html?bundle=https://x/
+// would otherwise run someone else's model under this site's name.
+export function checkBundleOrigin(bundleUrl, allowed) {
+  const page = globalThis.location ? globalThis.location.href : import.meta.url;
+  let url;
+  try { url = new URL(bundleUrl, page); } catch {
+    throw makeError('invalid_setting', `invalid setting bundleUrl=${shown(bundleUrl)}: allowed a URL`,
+      { field: 'bundleUrl', value: shown(bundleUrl) });
+  }
+  const list = allowed == null ? [] : (Array.isArray(allowed) ? allowed : [allowed]);
+  const origins = new Set([new URL(page).origin, new URL(import.meta.url).origin]);
+  for (const a of list) {
+    if (a === '*') return url.href;
+    try { origins.add(new URL(String(a)).origin); } catch {
+      throw makeError('invalid_setting', `invalid setting allowedOrigins=${shown(allowed)}: allowed a list of ` +
+        "origins such as ['https://models.example.com'], or '*'", { field: 'allowedOrigins', value: shown(allowed) });
+    }
+  }
+  if (!origins.has(url.origin)) {
+    throw makeError('invalid_setting', `invalid setting bundleUrl=${JSON.stringify(url.href)}: allowed a bundle on ` +
+      `${[...origins].join(' or ')}; to load bundles from ${url.origin}, the embedding page must list it ` +
+      `(SmolChat.load({allowedOrigins: ['${url.origin}']}), widget: allowed-origins="${url.origin}")`,
+    { field: 'bundleUrl', value: url.href, origin: url.origin });
+  }
+  return url.href;
 }
 
 // A module worker must have the page's origin. Imported from another origin (the widget on a
@@ -57,6 +70,7 @@ export class SmolChat {
   #nextId = 1;
   #pending = new Map(); // id -> {resolve, reject, onChunk, onProgress}
   #info = null;
+  #heard = false;   // a message came from the worker: its scripts loaded
 
   constructor() {
     this.#worker = spawnWorker(new URL('./worker.js', import.meta.url));
@@ -67,9 +81,15 @@ export class SmolChat {
     this.chat = chat;
     this.#worker.onmessage = (event) => this.#receive(event.data);
     this.#worker.onerror = (event) => {
-      const err = makeError('internal', `the SmolChat worker failed: ${event.message || 'script error'}`);
-      for (const p of this.#pending.values()) p.reject(err);
-      this.#pending.clear();
+      // Before the worker's first message, an error event means its module graph did not load
+      // (worker.js or a vendor script it imports is missing): the deployment, not the model.
+      const url = new URL('./worker.js', import.meta.url).href;
+      const err = this.#heard
+        ? makeError('internal', `the SmolChat worker failed: ${event.message || 'script error'}`)
+        : makeError('site_incomplete', `the site is incomplete: the SmolChat worker (${url}) or a script it ` +
+            `imports could not be loaded${event.message ? ` (${event.message})` : ''}; rebuild it with ./build.sh site`,
+          { url });
+      this.#failAll(err);
     };
   }
 
@@ -78,19 +98,49 @@ export class SmolChat {
   // cache: false skips Cache Storage (bundle_cache.js); info() reports from_cache and cache.
   // heapKV: false keeps the KV cache in JS tensors instead of ORT's wasm heap (ort_heap.js;
   // info().kv_cache says which runs, kv_cache_note why not the heap).
-  static async load({ bundleUrl = defaultBundleUrl(), onProgress, threads, systemPrompt, contextWindow, cache, heapKV } = {}) {
+  // allowedOrigins: origins (or '*') a bundleUrl may come from besides the page's and
+  // SmolChat's own (checkBundleOrigin). stallTimeoutMs: a download that gets no data for this
+  // long ends in NetworkError (default 30000; fetch_watch.js).
+  static async load({ bundleUrl = defaultBundleUrl(), onProgress, threads, systemPrompt, contextWindow, cache,
+                      allowedOrigins, stallTimeoutMs, heapKV } = {}) {
+    if (onProgress != null && typeof onProgress !== 'function') {
+      throw makeError('invalid_setting', `invalid setting onProgress=${shown(onProgress)}: allowed a function (progress) => void`,
+        { field: 'onProgress', value: shown(onProgress) });
+    }
+    if (stallTimeoutMs != null && !(Number.isFinite(stallTimeoutMs) && stallTimeoutMs > 0)) {
+      throw makeError('invalid_setting', `invalid setting stallTimeoutMs=${shown(stallTimeoutMs)}: allowed a number of ms > 0`,
+        { field: 'stallTimeoutMs', value: shown(stallTimeoutMs) });
+    }
+    bundleUrl = checkBundleOrigin(bundleUrl, allowedOrigins);
     const bot = new SmolChat();
+    // The worker's own scripts come by import, not fetch (fetch_watch.js cannot see them):
+    // until its first message, the same stall limit applies to its start.
+    const stall = stallTimeoutMs ?? DEFAULT_STALL_MS;
+    const started = setTimeout(() => {
+      if (!bot.#heard) {
+        bot.#failAll(networkError(new URL('./worker.js', import.meta.url).href,
+          `(the SmolChat worker and the scripts it imports) got no answer for ${stall / 1000} s`));
+      }
+    }, stall);
     try {
-      bundleUrl = new URL(bundleUrl, globalThis.location.href).href; // relative to the page
-      bot.#info = await bot.#send(Request.LOAD, { bundleUrl, threads, systemPrompt, contextWindow, cache, heapKV }, { onProgress });
+      bot.#info = await bot.#send(Request.LOAD, { bundleUrl, threads, systemPrompt, contextWindow, cache, stallTimeoutMs, heapKV },
+        { onProgress });
     } catch (e) {
       bot.#worker.terminate();
       throw e;
+    } finally {
+      clearTimeout(started);
     }
     return bot;
   }
 
+  #failAll(err) {
+    for (const p of this.#pending.values()) p.reject(err);
+    this.#pending.clear();
+  }
+
   #receive({ kind, id, content }) {
+    this.#heard = true;
     const p = this.#pending.get(id);
     if (!p) return;
     if (kind === Reply.PROGRESS) { if (p.onProgress) p.onProgress(content); return; }
@@ -110,8 +160,8 @@ export class SmolChat {
 
   async #stream(kind, message, opts = {}) {
     if (typeof message !== 'string') throw makeError('invalid_input', 'the message must be a string');
-    const { signal, onToken } = opts;
-    const settings = toSettings(opts);
+    const settings = toSettings(opts ?? {});
+    const { signal, onToken } = opts ?? {};
     if (signal && signal.aborted) throw abortError();
     const id = this.#nextId++;
     const onAbort = () => { this.#send(Request.CANCEL, { target: id }).catch(() => {}); };

@@ -3,7 +3,12 @@
 // answers the requests of protocol.js by calling smolchat.bridge.WorkerHost.
 //
 // Requests that change the conversation run one at a time (a queue); cancel, info, health and
-// encode answer at once, so Stop works while a reply streams.
+// encode answer at once, so Stop works while a reply streams. A cancel reaches a request
+// wherever it is: still queued, it is dropped and rejected at once (AbortError, nothing
+// changed); running, Python stops it within one token (WorkerHost.cancel remembers a request
+// Python has not registered yet). clear, set_system_prompt and load_history first cancel the
+// chat replies queued or running ahead of them (their exchanges belong to the conversation
+// being replaced, as in ChatEngine._reset), so they never wait for a reply to run to its limit.
 //
 // What this module ignores: the UI and the public API (smolchat.js, app.js).
 
@@ -14,12 +19,16 @@ import { Tokenizer } from './vendor/tokenizers/tokenizers.min.mjs';
 import * as glue from './ort_glue.js';
 import { makeRunner } from './ort_heap.js';
 import { createSession } from './bundle_loader.js';
-import { Request, Reply, STAGES, overallPercent } from './protocol.js';
-import { makeError, toSmolChatError, errorFromWire } from './errors.js';
+import { Request, Reply, STAGES, STREAMING, overallPercent } from './protocol.js';
+import { makeError, abortError, siteIncomplete, toSmolChatError, errorFromWire } from './errors.js';
+import { installFetchWatch, beginLoad, loadFault } from './fetch_watch.js';
 
 // Relative to this module, not self.location: started from another origin, the worker is a
 // blob: URL that imports this file (smolchat.js spawnWorker), and blob: URLs have no base.
 const here = (path) => new URL(path, import.meta.url).href;
+
+// Every fetch of this worker is bounded and its faults typed (fetch_watch.js).
+installFetchWatch(self, { site: here('./') });
 
 let host = null;       // PyProxy of smolchat.bridge.WorkerHost
 let tokenizer = null;  // @huggingface/tokenizers Tokenizer of the bundle
@@ -132,7 +141,7 @@ function spawnHelper(url) {
 // Progress and stage marks come through as they happen; a failure there, or the helper's
 // script failing to start, rejects with a typed error.
 // -> {bundle: Promise, terminate()}.
-function bundleFromHelper(url, cache, onProgress, onMark) {
+function bundleFromHelper(url, cache, stallTimeoutMs, onProgress, onMark) {
   let helper = null;
   const bundle = new Promise((resolve, reject) => {
     try {
@@ -154,7 +163,7 @@ function bundleFromHelper(url, cache, onProgress, onMark) {
         `(${event.message || 'script error: a runtime file is missing?'}): rebuild the site (./build.sh site)`));
     };
     helper.onmessageerror = () => end(reject, makeError('internal', 'the load helper worker sent an unreadable message'));
-    helper.postMessage({ bundleUrl: url, cache });
+    helper.postMessage({ bundleUrl: url, cache, stallTimeoutMs });
   });
   return { bundle, terminate: () => helper && helper.terminate() };
 }
@@ -166,8 +175,21 @@ async function load(id, content) {
   } catch (e) {
     if (host) { host.destroy(); host = null; }
     tokenizer = null;
-    throw e;
+    throw loadError(e);
   }
+}
+
+// The error a failed load reports: a download fault (stall, cut, a missing site file) is the
+// cause even when Pyodide or ORT wrapped it in an error of their own (fetch_watch.js).
+function loadError(e) {
+  const err = toSmolChatError(e);
+  if (['bundle_missing', 'network', 'site_incomplete'].includes(err.kind)) return err;
+  const fault = loadFault();
+  if (fault) return fault;
+  // A module the libraries import (not fetch) and did not get: e.g. vendor/ort/*.mjs.
+  const missing = /dynamically imported module:?\s*(\S+)/i.exec(err.message);
+  if (missing && missing[1].startsWith(here('./'))) return siteIncomplete(missing[1]);
+  return err;
 }
 
 // ORT imports its wasm factory through ort_wasm_capture.js so that ort_heap.js can keep the KV
@@ -181,7 +203,7 @@ const SAME_ORIGIN = new URL(import.meta.url).origin === self.location.origin;
 // Progress: one bar; each part moves its own share (protocol.js STAGES), so parts running at
 // the same time both move it; `stage` is the first part not finished (a download update: always
 // 'download'), `message` what every part under way is doing.
-async function loadModel(id, { bundleUrl, threads, systemPrompt, contextWindow, cache, heapKV }) {
+async function loadModel(id, { bundleUrl, threads, systemPrompt, contextWindow, cache, heapKV, stallTimeoutMs }) {
   const t0 = performance.now();
   const isolated = self.crossOriginIsolated === true;
   const want = threads || (isolated ? 2 : 1);
@@ -212,7 +234,9 @@ async function loadModel(id, { bundleUrl, threads, systemPrompt, contextWindow, 
     return end;
   };
 
+  progress('download', 0, 'Starting');   // the first message: this worker's scripts loaded (smolchat.js waits for it)
   const url = new URL(bundleUrl, import.meta.url).href;
+  beginLoad({ stall: stallTimeoutMs, bundle: url.endsWith('/') ? url : url + '/' });
   const runtime = watchRuntimeFiles((await siteInfo()).runtime_files || {}, () => downloadProgress());
   const mb = (n) => (n / 1048576).toFixed(1);
   // the download share covers the bundle's bytes and the runtime files' (site.json)
@@ -227,7 +251,7 @@ async function loadModel(id, { bundleUrl, threads, systemPrompt, contextWindow, 
   const tOrt = performance.now();
   const ortReady = ort.InferenceSession.create(IDENTITY_ONNX).then((s) => { mark('ort_init', tOrt); return s.release(); });
   ortReady.catch(() => {});
-  const helper = bundleFromHelper(url, cache !== false, (m) => {
+  const helper = bundleFromHelper(url, cache !== false, stallTimeoutMs, (m) => {
     if (m.stage === 'download') {
       loadedBytes = m.loaded; totalBytes = m.total;
       downloadProgress();
@@ -258,7 +282,7 @@ async function loadModel(id, { bundleUrl, threads, systemPrompt, contextWindow, 
   parts.download = { fraction: 1, message: 'Model read' };
   mark('wait_bundle', tb);
   let t = performance.now();
-  tokenizer = new Tokenizer(JSON.parse(bundle.texts['tokenizer.json']), JSON.parse(bundle.texts['tokenizer_config.json']));
+  tokenizer = makeTokenizer(bundle.texts, url);
   t = mark('tokenizer', t);
   progress('compile', 0.5, 'Creating the ONNX Runtime session');
   let shown = 0; // (one update per 2% of the weights, not one per each of ~700 reads)
@@ -294,7 +318,16 @@ async function loadModel(id, { bundleUrl, threads, systemPrompt, contextWindow, 
   };
   const options = JSON.stringify({ system_prompt: systemPrompt ?? null, context_window: contextWindow ?? 2048 });
   progress('warmup', 0, 'Loading the chat engine');
-  const info = unwrap(await awaitPy(host.load(res, options)));
+  let info;
+  try {
+    info = unwrap(await awaitPy(host.load(res, options)));
+  } catch (e) {
+    const err = toSmolChatError(e);
+    if (err.kind !== 'internal') throw err;
+    // the bundle's JSON files passed their sha256 but Python cannot read them
+    throw makeError('bundle_corrupt', `the bundle at ${url} has files the engine cannot read ` +
+      `(${err.message}): rebuild the bundle (./build.sh bundle), then the site (./build.sh site)`);
+  }
   t = mark('engine_load', t);
   progress('warmup', 0.3, 'Warming up');
   unwrap(await awaitPy(host.warmup()));
@@ -312,6 +345,25 @@ async function loadModel(id, { bundleUrl, threads, systemPrompt, contextWindow, 
     ...bundle.cache, // from_cache, cache ('hit' | 'miss' | 'disabled: <reason>'), cache_name, network_bytes
   };
   return { ...info, ...loadInfo };
+}
+
+// The JS tokenizer of the bundle; a file that passed its sha256 but is no tokenizer is
+// BundleCorrupt naming the fix (a sha256 only proves the file is the one the build wrote).
+function makeTokenizer(texts, url) {
+  let name = 'tokenizer.json';
+  try {
+    const json = JSON.parse(texts[name]);
+    name = 'tokenizer_config.json';
+    const config = JSON.parse(texts[name]);
+    name = 'tokenizer.json';
+    const t = new Tokenizer(json, config);
+    t.encode('ok');   // a tokenizer without a model or vocabulary fails here, not at the first chat
+    return t;
+  } catch (e) {
+    throw makeError('bundle_corrupt', `${url}${url.endsWith('/') ? '' : '/'}${name} is not a valid ` +
+      `tokenizer (${(e && e.message) || e}): rebuild the bundle (./build.sh bundle), then the site ` +
+      '(./build.sh site)', { file: name });
+  }
 }
 
 function call(name, args = []) {
@@ -339,7 +391,6 @@ async function handle({ kind, id, content }) {
   switch (kind) {
     case Request.LOAD: return load(id, content);
     case Request.CHAT: case Request.INSTRUCT: case Request.GENERATE: return generate(id, kind, content);
-    case Request.CANCEL: return { cancelled: host ? host.cancel(content.target) : false };
     case Request.SET_SYSTEM_PROMPT: return call('set_system_prompt', [content.text ?? null]);
     case Request.CLEAR: return call('clear');
     case Request.HISTORY: return call('history');
@@ -355,6 +406,27 @@ async function handle({ kind, id, content }) {
 }
 
 const IMMEDIATE = new Set([Request.CANCEL, Request.INFO, Request.HEALTH, Request.ENCODE]);
+// Requests that replace the conversation: they cancel the chat replies ahead of them.
+const RESETS = new Set([Request.CLEAR, Request.SET_SYSTEM_PROMPT, Request.LOAD_HISTORY]);
+
+// Queued requests, in order: id -> {kind, started, cancelled}. An entry leaves when its
+// request has answered.
+const queued = new Map();
+
+// -> true when the request was found and told to stop (false: unknown or already answered).
+function cancel(target) {
+  const entry = queued.get(target);
+  if (!entry) return false;
+  if (!entry.cancelled) {
+    entry.cancelled = true;
+    if (!entry.started) {
+      post(Reply.THROW, target, abortError('aborted before it started: nothing changed').toJSON());
+    } else if (host && STREAMING.has(entry.kind)) {
+      host.cancel(target);
+    }
+  }
+  return true;
+}
 
 self.onmessage = (event) => {
   const msg = event.data;
@@ -365,6 +437,24 @@ self.onmessage = (event) => {
       post(Reply.THROW, msg.id, toSmolChatError(e).toJSON());
     }
   };
-  if (IMMEDIATE.has(msg.kind)) run();
-  else queue = queue.then(run);
+  if (msg.kind === Request.CANCEL) {
+    post(Reply.RETURN, msg.id, { cancelled: cancel(msg.content.target) });
+    return;
+  }
+  if (IMMEDIATE.has(msg.kind)) { run(); return; }
+  if (RESETS.has(msg.kind)) {
+    for (const [id, entry] of queued) if (entry.kind === Request.CHAT) cancel(id);
+  }
+  if (msg.kind === Request.UNLOAD) {   // nothing ahead of an unload runs on
+    for (const [id, entry] of queued) if (STREAMING.has(entry.kind)) cancel(id);
+  }
+  const entry = { kind: msg.kind, started: false, cancelled: false };
+  queued.set(msg.id, entry);
+  queue = queue.then(async () => {
+    if (!entry.cancelled) {
+      entry.started = true;
+      await run();
+    }
+    queued.delete(msg.id);
+  });
 };
