@@ -35,6 +35,7 @@ class GenerationSettings:
     repetition_penalty: float = 1.0  # HF-style, over the tokens in the context; 1 = off
     seed: int | None = None          # None = a fresh random seed per reply
     stop: tuple[str, ...] = ()       # strings that end the reply (not part of its text)
+    repetition_stop: bool = True     # end a reply that loops (repetition.py): "repetition"
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -112,6 +113,10 @@ def resolve(base: GenerationSettings, overrides: dict | None = None) -> Generati
             checked[field] = None if value is None else _int(field, value, 0, MAX_SEED)
         elif field == "stop":
             checked[field] = _stop(value)
+        elif field == "repetition_stop":
+            if not isinstance(value, bool):
+                raise InvalidSetting(field, value, "true or false")
+            checked[field] = value
         else:
             raise InvalidSetting(field, value, "one of " + ", ".join(FIELDS))
     return replace(base, **checked)
