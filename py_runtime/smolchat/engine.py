@@ -21,6 +21,12 @@ reuse the cache instead of re-prefilling after every message. If the system prom
 the current message alone cannot fit, `ContextWindowExceeded` says the sizes.
 `history()` still returns every message; dropped exchanges are only hidden from the model.
 
+Stops, each named in `finish_reason` (FINISH_REASONS): `stop` (eos, a ChatML control token
+or a stop string), `repetition` (the reply started saying one span over and over:
+repetition.py; on by default, setting `repetition_stop`; it only watches, so every token
+before it is what the reply would have had without it), `length` (max_tokens), `context`
+(the window is full), `abort` (cancelled).
+
 Streams run lazily: nothing happens until the stream is iterated or `result()` is awaited;
 then one task produces pieces into a queue (an abandoned iteration never leaves the engine
 stuck). Calls queue behind each other on one lock. Abort (`stream.cancel()`) stops within

@@ -23,6 +23,7 @@ export { SmolChatError };
 const OPTIONS = {
   maxTokens: 'max_tokens', temperature: 'temperature', topK: 'top_k', topP: 'top_p',
   repetitionPenalty: 'repetition_penalty', seed: 'seed', stop: 'stop',
+  repetitionStop: 'repetition_stop',
 };
 
 export function toSettings(opts = {}) {
