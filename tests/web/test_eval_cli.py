@@ -149,3 +149,16 @@ def test_page_fields_show_the_engines_defaults(site):
                                  " document.getElementById('max-tokens').value]")
     assert defaults == GenerationSettings().to_dict()
     assert fields == [str(GenerationSettings().temperature), str(GenerationSettings().max_tokens)]
+
+
+def test_openai_shape_maps_every_engine_finish_reason():
+    """openai.js turns each engine finish_reason into one OpenAI knows ('repetition' -> 'stop')."""
+    from smolchat.engine import FINISH_REASONS
+    r = subprocess.run(["node", "--input-type=module", "-e",
+                        "const m = await import(process.argv[1]); console.log(JSON.stringify(m.FINISH_REASONS));",
+                        (ROOT / "web" / "src" / "openai.js").as_uri()],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    mapping = json.loads(r.stdout)
+    assert set(mapping) == set(FINISH_REASONS)
+    assert mapping["repetition"] == "stop" and set(mapping.values()) <= {"stop", "length", "abort"}

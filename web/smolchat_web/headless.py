@@ -14,9 +14,7 @@ keys for the CPython backend) and what an eval checks (smolchat.evals scores the
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -32,7 +30,7 @@ REPLY_TIMEOUT_MS = 300_000
 
 CAMEL = {"max_tokens": "maxTokens", "temperature": "temperature", "top_k": "topK",
          "top_p": "topP", "repetition_penalty": "repetitionPenalty", "seed": "seed",
-         "stop": "stop"}
+         "stop": "stop", "repetition_stop": "repetitionStop"}
 
 
 def launch_browser(playwright):
@@ -132,9 +130,15 @@ class PageSession:
 
     def send(self, message: str, mode: str = "chat", settings: dict | None = None) -> dict:
         opts = {CAMEL[k]: v for k, v in (settings or {}).items()}
-        reply = self.page.evaluate(
-            "([m, mode, opts]) => window.smolchatApp.send(m, {mode, settings: opts})",
-            [message, mode, opts])
+        if mode == "generate":    # the page's UI has chat and instruct; generate is the API's
+            reply = self.page.evaluate(
+                "async ([m, opts]) => { try { return await window.smolchatApp.bot.generate(m, opts); }"
+                " catch (e) { return {error: e.toJSON ? e.toJSON() : {kind: 'internal', message: String(e)}}; } }",
+                [message, opts])
+        else:
+            reply = self.page.evaluate(
+                "([m, mode, opts]) => window.smolchatApp.send(m, {mode, settings: opts})",
+                [message, mode, opts])
         self.sample_memory()
         return reply
 
