@@ -162,3 +162,13 @@ def test_openai_shape_maps_every_engine_finish_reason():
     mapping = json.loads(r.stdout)
     assert set(mapping) == set(FINISH_REASONS)
     assert mapping["repetition"] == "stop" and set(mapping.values()) <= {"stop", "length", "abort"}
+
+
+def test_suite_pass_rate_for_the_build(tmp_path):
+    """The build's hook: bundle folder -> {pass_rate, passed, total} (CPython runtime)."""
+    from smolchat import evals
+    path = tmp_path / "cases.jsonl"
+    path.write_text(json.dumps({"id": "runs", "turns": ["Hi"], "max_words": 10_000}) + "\n"
+                    + json.dumps({"id": "never", "turns": ["Hi"], "min_words": 10_000}) + "\n")
+    got = evals.suite_pass_rate(need(TINY), {"temperature": 0, "max_tokens": 8}, cases_path=path)
+    assert got == {"pass_rate": 0.5, "passed": 1, "total": 2}
