@@ -7,19 +7,36 @@ import pytest
 
 from smolchat.engine import FINISH_REASONS
 from smolchat.errors import InvalidSetting
-from smolchat.repetition import MIN_REPEATS, MIN_TOKENS, RepetitionStop, first_loop
+from smolchat.repetition import MIN_REPEATS, MIN_TOKENS, SPAN, RepetitionStop, first_loop
 from smolchat.settings import GenerationSettings, resolve
 
 
 # ------------------------------------------------------------------ the detector
 
+BACK_TO_BACK_ONLY = {"span_repeats": 10**9}
+
+
 @pytest.mark.parametrize("period", [1, 2, 4, 11, 12, 40, 64])
-def test_fires_once_a_span_repeats_enough(period):
+def test_back_to_back_rule_fires_once_a_span_repeats_enough(period):
     span = list(range(100, 100 + period))
     need = max(MIN_REPEATS * period, MIN_TOKENS)    # tokens of the periodic stretch
     head = [7, 8, 9]                                 # a non-repeating start
     tokens = head + span * (need // period + 3)
-    assert first_loop(tokens) == len(head) + need
+    assert first_loop(tokens, **BACK_TO_BACK_ONLY) == len(head) + need
+    # the recurring rule counts the first SPAN tokens' occurrences that do not overlap: one
+    # every ceil(SPAN / period) periods; the third fires it
+    apart = -(-SPAN // period) * period
+    assert first_loop(tokens) == len(head) + min(need, SPAN + 2 * apart)
+
+
+def test_recurring_rule_catches_a_sentence_that_keeps_coming_back():
+    sentence = list(range(200, 212))                 # 12 tokens, said again and again
+    filler = [[300 + i, 400 + i, 500 + i] for i in range(5)]   # other words in between
+    tokens = sentence + filler[0] + sentence + filler[1] + sentence + filler[2] + sentence
+    third = len(sentence) * 2 + 6 + SPAN            # the 3rd time its first SPAN tokens occur
+    assert first_loop(tokens) == third
+    assert first_loop(tokens, **BACK_TO_BACK_ONLY) is None
+    assert first_loop(tokens[:third - 1]) is None
 
 
 def test_never_fires_on_text_without_a_repeated_span():
@@ -28,12 +45,16 @@ def test_never_fires_on_text_without_a_repeated_span():
     assert first_loop(list(range(50)) * 2 + list(range(500, 600))) is None
     # short spans repeated a few times ("no, no, no") are not a loop either
     assert first_loop([1, 2] * 10 + list(range(300, 400))) is None
+    # nor is one short span said back to back 12 times (the recurring rule counts only
+    # occurrences that do not overlap)
+    assert first_loop([5] * 12 + list(range(300, 400))) is None
 
 
-def test_period_longer_than_the_window_is_not_seen():
+def test_period_longer_than_the_window_is_left_to_the_recurring_rule():
     span = list(range(1000, 1070))                   # 70 tokens > MAX_PERIOD
-    assert first_loop(span * 5) is None
-    assert first_loop(span * 5, max_period=70) == 70 * MIN_REPEATS
+    assert first_loop(span * 5, **BACK_TO_BACK_ONLY) is None
+    assert first_loop(span * 5, max_period=70, **BACK_TO_BACK_ONLY) == 70 * MIN_REPEATS
+    assert first_loop(span * 5) == SPAN + 2 * 70
 
 
 def test_reports_the_period():
