@@ -37,7 +37,9 @@ class GenerationSettings:
     # of every token already in the context, the user's own words included, so it also pushes
     # down the name or number a reply should repeat (recall); loops are ended by
     # repetition_stop instead, which never changes a token. 256 tokens (~190 words) holds the
-    # answers this model gives (the task suite's longest reply that ends by itself is shorter).
+    # answers this model gives: on the task suite (compact, greedy, no stop) the replies that
+    # ended by themselves took 25 tokens (median) and 246 at most, and 27 of the 28 that
+    # reached 256 were loops (the 28th a pirate's long tale).
     max_tokens: int = 256            # generated tokens per reply, eos included
     temperature: float = 0.2         # 0 = greedy (argmax)
     top_k: int = 50                  # candidates kept before top_p, <= MAX_TOP_K
