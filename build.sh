@@ -8,7 +8,8 @@
 #   ./build.sh bundle [--preset compact|exact] [--source PATH] [--adapter DIR]
 #   ./build.sh score TEXTFILE [--bundle DIR]
 #   ./build.sh chat | ask "msg" [--runtime python|browser] [--json] ...
-#   ./build.sh eval FILE.jsonl [--out FILE]     ./build.sh bench [--quick]
+#   ./build.sh eval CASES.jsonl [--bundle B] [--compare B2] [--runtime python|browser] [--out R.json]
+#   ./build.sh bench [--quick]
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$ROOT"
@@ -83,7 +84,10 @@ case "$cmd" in
     exec "$PY" -m smolchat ask "$@" ;;
   serve)   setup_python; setup_node; ensure_bundle; exec "$PY" -m smolchat_web serve "$@" ;;
   site)    setup_python; setup_node; exec "$PY" -m smolchat_web site "$@" ;;
-  eval)    setup_python; setup_node; setup_chromium; ensure_bundle; exec "$PY" -m smolchat_web eval "$@" ;;
+  eval)    # the browser runtime needs npm packages and Chromium; the default (python) does not
+    setup_python; ensure_bundle
+    if [ "$(runtime_of "$@")" = browser ]; then setup_node; setup_chromium; fi
+    exec "$PY" -m smolchat_web eval "$@" ;;
   bench)   # the SmolChat row needs the compact bundle and the built site, like serve does
     setup_python; setup_node; setup_chromium; ensure_bundle; "$PY" -m smolchat_web site
     exec "$PY" -m smolchat_bench "$@" ;;
@@ -115,6 +119,6 @@ passed = t["tests"] - t["failures"] - t["errors"] - t["skipped"]
 print(f"all areas: {passed} passed, {t['failures'] + t['errors']} failed, {t['skipped']} skipped")
 PYEOF
     exit $status ;;
-  help|-h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' ;;
+  help|-h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//' ;;
   *) echo "error: unknown command '$cmd' (try ./build.sh help)" >&2; exit 2 ;;
 esac

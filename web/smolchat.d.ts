@@ -88,13 +88,17 @@ export interface GenerateOptions {
   seed?: number;
   /** up to 8 strings of 1..64 characters; not part of the reply text */
   stop?: string | string[];
+  /** default true: end a reply that loops (finish_reason 'repetition'); tokens before are unchanged */
+  repetitionStop?: boolean;
   /** called with each streamed piece of text (complete UTF-8) */
   onToken?: (text: string) => void;
   /** abort: the call rejects with an error named 'AbortError' (its .reply is the partial reply) */
   signal?: AbortSignal;
 }
 
-export type FinishReason = 'stop' | 'length' | 'abort' | 'context';
+/** 'repetition': the reply started repeating one span over and over and was ended early
+ *  (GenerateOptions.repetitionStop) instead of running to maxTokens. */
+export type FinishReason = 'stop' | 'length' | 'abort' | 'context' | 'repetition';
 
 /** Where the reply's decode steps spent their time: ms summed over the steps, measured in the
  *  worker. Prefill and the first token's sampling are not included (see timings). One step =
@@ -231,7 +235,8 @@ export interface ChatCompletionCreateParams {
   repetition_penalty?: number | null;
 }
 
-/** 'context' from the engine is reported as 'length'; 'abort' only when cancelled from elsewhere. */
+/** 'context' from the engine is reported as 'length', 'repetition' as 'stop' (usage.extra.finish_reason
+ *  keeps the engine's); 'abort' only when cancelled from elsewhere. */
 export type ChatCompletionFinishReason = 'stop' | 'length' | 'abort';
 
 export interface CompletionUsage {
@@ -240,7 +245,9 @@ export interface CompletionUsage {
   total_tokens: number;
   prompt_tokens_details: { cached_tokens: number };
   /** SmolChat's timings */
-  extra: { ttft_ms: number; prefill_ms: number; decode_tok_s: number; total_ms: number; seed: number };
+  extra: { ttft_ms: number; prefill_ms: number; decode_tok_s: number; total_ms: number; seed: number;
+    /** the engine's own finish_reason ('repetition' where choices say 'stop') */
+    finish_reason: FinishReason };
 }
 
 export interface ChatCompletion {

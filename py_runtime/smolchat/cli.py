@@ -6,7 +6,7 @@
         Ctrl-C while a reply streams stops it (finish_reason abort); at the prompt it quits.
     python -m smolchat ask "message" [--runtime python] [--bundle DIR] [--system S]
         [--mode M] [--max-tokens N] [--temperature T] [--top-k K] [--top-p P]
-        [--repetition-penalty R] [--seed N] [--stop S]... [--json]
+        [--repetition-penalty R] [--seed N] [--stop S]... [--no-repetition-stop] [--json]
 
 Both use the CPython backend (backend_onnx). `main(argv, backend=...)` takes any Backend so
 tests can drive whole transcripts with the fake backend.
@@ -66,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("--repetition-penalty", type=float)
     ask.add_argument("--seed", type=int)
     ask.add_argument("--stop", action="append", help="stop string (repeatable)")
+    ask.add_argument("--no-repetition-stop", dest="repetition_stop", action="store_false",
+                     default=None, help="let a looping reply run to max_tokens")
     ask.add_argument("--json", action="store_true", help="print one JSON object")
     return p
 
@@ -94,7 +96,8 @@ def main(argv: list[str] | None = None, backend=None, stdin=None, stdout=None) -
 async def _ask(engine: ChatEngine, args, out) -> int:
     names = {"max_tokens": args.max_tokens, "temperature": args.temperature,
              "top_k": args.top_k, "top_p": args.top_p,
-             "repetition_penalty": args.repetition_penalty, "seed": args.seed, "stop": args.stop}
+             "repetition_penalty": args.repetition_penalty, "seed": args.seed, "stop": args.stop,
+             "repetition_stop": args.repetition_stop}
     settings = {k: v for k, v in names.items() if v is not None}
     stream = getattr(engine, args.mode)(args.message, **settings)
     async for piece in stream:
@@ -138,6 +141,8 @@ def _parse_value(name: str, text: str):
                                  f'["\\n\\n", "User:"] ({e.msg} at character {e.pos})') from None
     if text.lower() == "none":
         return None
+    if text.lower() in ("true", "false"):          # repetition_stop
+        return text.lower() == "true"
     for cast in (int, float):
         try:
             return cast(text)

@@ -21,6 +21,12 @@ reuse the cache instead of re-prefilling after every message. If the system prom
 the current message alone cannot fit, `ContextWindowExceeded` says the sizes.
 `history()` still returns every message; dropped exchanges are only hidden from the model.
 
+Stops, each named in `finish_reason` (FINISH_REASONS): `stop` (eos, a ChatML control token
+or a stop string), `repetition` (the reply started saying one span over and over:
+repetition.py; on by default, setting `repetition_stop`; it only watches, so every token
+before it is what the reply would have had without it), `length` (max_tokens), `context`
+(the window is full), `abort` (cancelled).
+
 Streams run lazily: nothing happens until the stream is iterated or `result()` is awaited;
 then one task produces pieces into a queue (an abandoned iteration never leaves the engine
 stuck). Calls queue behind each other on one lock. Abort (`stream.cancel()`) stops within
@@ -43,6 +49,7 @@ from . import __version__
 from .chat_template import IM_END, IM_START, ChatTemplate
 from .errors import (ContextWindowExceeded, InvalidInput, InvalidSetting, KVCacheMismatch,
                      SmolChatError)
+from .repetition import RepetitionStop
 from .sampling import sample
 from .settings import GenerationSettings, resolve
 from .streaming import StopMatcher, Utf8Decoder
@@ -51,7 +58,7 @@ DEFAULT_CONTEXT_WINDOW = 2048
 MIN_CONTEXT_WINDOW = 64
 PREFILL_CHUNK = 256          # tokens per prefill forward: bounds attention memory, allows abort
 TRIM_FREE_FRACTION = 4       # after a trim, 1/4 of the window is left free (see module doc)
-FINISH_REASONS = ("stop", "length", "abort", "context")
+FINISH_REASONS = ("stop", "length", "abort", "context", "repetition")
 PROFILE_PARTS = ("ort_run_ms", "interop_ms", "sampling_ms", "python_ms")   # Reply.profile
 
 
@@ -455,6 +462,7 @@ class ChatEngine:
         rng = random.Random(reply.seed)
         k = 1 if s.temperature == 0 else s.top_k
         decoder, stops = Utf8Decoder(), StopMatcher(s.stop)
+        looping = RepetitionStop() if s.repetition_stop else None   # watches, never picks
         out, pieces = reply.output_token_ids, []
         penalty = s.repetition_penalty != 1.0
         seen = set(self._cache) if penalty else None
@@ -485,6 +493,8 @@ class ChatEngine:
                 await asyncio.sleep(0)        # let the consumer show it now
             if stopped:
                 finish = "stop"
+            elif looping is not None and looping.push(token):
+                finish = "repetition"
             elif len(out) >= s.max_tokens:
                 finish = "length"
             elif len(self._cache) >= self.context_window:

@@ -65,5 +65,8 @@ async def scenario() -> dict:
     out["history_len"] = len(saved)
     out["cache_consistent"] = engine._cache == backend.cache
     out["health"] = engine.health()
+    looping = ChatEngine(FakeBackend(replies="Hi! " + "la France, " * 60), context_window=512)
+    out["loop"] = await _run(looping.chat("Capital?", temperature=0, max_tokens=300))
+    assert out["loop"]["finish"] == "repetition", out["loop"]
     await asyncio.sleep(0)
     return out

@@ -53,31 +53,41 @@ def python_ask(bundle: Path, message: str) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def browser_eval_rows(cases: list[dict], bundle: Path, out_dir: Path) -> tuple[dict, list[dict]]:
+    """`eval --runtime browser` on cases -> (its run, one row per turn: id, turn + the turn)."""
+    src, out = out_dir / "in.jsonl", out_dir / "report.json"
+    src.write_text("".join(json.dumps(c) + "\n" for c in cases))
+    run(["-m", "smolchat_web", "eval", str(src), "--runtime", "browser", "--out", str(out),
+         "--bundle", str(bundle)])
+    report = json.loads(out.read_text())
+    run_ = report["runs"][0]
+    rows = [{"id": c["id"], "turn": i, **t} for c in run_["cases"] for i, t in enumerate(c["turns"])]
+    return run_, rows
+
+
 @pytest.fixture(scope="module")
 def browser_eval(bundle_dir, tmp_path_factory, artifacts):
-    folder = tmp_path_factory.mktemp("eval")
     lines = [{"id": f"p{i}", "turns": [p], "settings": {"temperature": 0, "max_tokens": MAX_TOKENS}}
              for i, p in enumerate(PROMPTS)]
     lines.append({"id": "two-turns", "system": "You are a terse assistant.", "mode": "chat",
                   "turns": ["My name is Alice.", "What is my name?"],
                   "settings": {"temperature": 0, "max_tokens": 24}})
-    src = folder / "in.jsonl"
-    src.write_text("".join(json.dumps(l) + "\n" for l in lines))
-    out = folder / "out.jsonl"
-    run(["-m", "smolchat_web", "eval", str(src), "--out", str(out), "--bundle", str(bundle_dir)])
-    rows = [json.loads(l) for l in out.read_text().splitlines()]
-    (artifacts / "eval-out.jsonl").write_text(out.read_text())
-    return rows
+    run_, rows = browser_eval_rows(lines, bundle_dir, tmp_path_factory.mktemp("eval"))
+    (artifacts / "eval-out.json").write_text(json.dumps(run_, indent=1))
+    return run_, rows
 
 
-def test_eval_writes_one_line_per_turn(browser_eval):
-    assert [(r["id"], r["turn"]) for r in browser_eval] == [
+def test_eval_reports_every_turn(browser_eval):
+    run_, rows = browser_eval
+    assert run_["runtime"] == "browser" and run_["page"]["threads"] == 2
+    assert run_["page"]["cross_origin_isolated"] is True and run_["page"]["load_ms"] > 0
+    assert [(r["id"], r["turn"]) for r in rows] == [
         ("p0", 0), ("p1", 0), ("p2", 0), ("two-turns", 0), ("two-turns", 1)]
-    for r in browser_eval:
+    for r in rows:
         assert "error" not in r, r
-        assert PY_KEYS | BROWSER_EXTRA <= set(r)
-        assert r["runtime"] == "browser" and r["threads"] == 2 and r["cross_origin_isolated"] is True
-    a, b = browser_eval[3], browser_eval[4]
+        assert {"reply", "finish_reason", "prompt_token_ids", "output_token_ids", "seed",
+                "time_ms"} <= set(r)
+    a, b = rows[3], rows[4]
     assert b["prompt_token_ids"][:len(a["prompt_token_ids"])] == a["prompt_token_ids"]
 
 
@@ -97,7 +107,7 @@ def _common_prefix(a: list, b: list) -> int:
 def test_compact_browser_and_python_agree_on_prompt_and_answer(browser_eval, bundle_dir,
                                                                 artifacts):
     agreement = {}
-    for prompt, row in zip(PROMPTS, browser_eval):
+    for prompt, row in zip(PROMPTS, browser_eval[1]):
         py = python_ask(bundle_dir, prompt)
         assert set(py) >= PY_KEYS
         assert row["prompt_token_ids"] == py["prompt_token_ids"], prompt
@@ -114,11 +124,8 @@ def test_exact_greedy_token_ids_match_the_python_runtime(tmp_path):
     if not (exact / "manifest.json").is_file():
         pytest.fail(f"{exact}/ is missing: build it with ./build.sh bundle --preset exact",
                     pytrace=False)
-    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
-    src.write_text("".join(json.dumps({"id": f"p{i}", "turns": [p], "settings": {
-        "temperature": 0, "max_tokens": MAX_TOKENS}}) + "\n" for i, p in enumerate(PROMPTS)))
-    run(["-m", "smolchat_web", "eval", str(src), "--out", str(out), "--bundle", str(exact)])
-    rows = [json.loads(l) for l in out.read_text().splitlines()]
+    _, rows = browser_eval_rows([{"id": f"p{i}", "turns": [p], "settings": {
+        "temperature": 0, "max_tokens": MAX_TOKENS}} for i, p in enumerate(PROMPTS)], exact, tmp_path)
     assert len(rows) == len(PROMPTS)
     for prompt, row in zip(PROMPTS, rows):
         assert "error" not in row, row

@@ -4,7 +4,8 @@
   serve [--port 8000] [--host 127.0.0.1] [--bundle ...]   build what is missing, then serve
   ask "message" --runtime browser [--system S] [--mode chat|instruct|generate]
         [--max-tokens N] [--temperature T] [--seed N] [--json] [--bundle ...]
-  eval FILE.jsonl [--out FILE] [--bundle ...]
+  eval CASES.jsonl [--bundle B] [--compare B2] [--runtime python|browser] [--out report.json]
+       [--min-pass-rate X] [--temperature T] [--max-tokens N] [--seed N] ...   (evaluate.py)
 """
 
 from __future__ import annotations
@@ -45,11 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--bundle", default="compact", help="compact, exact, a bundle id or a folder")
     s.add_argument("--threads", type=int, default=None)
 
-    s = sub.add_parser("eval", help="headless runs over a JSONL file of conversations")
-    s.add_argument("file")
-    s.add_argument("--out", default=None, help="write JSONL here (default: stdout)")
-    s.add_argument("--bundle", default="compact")
-    s.add_argument("--threads", type=int, default=None)
+    s = sub.add_parser("eval", help="score a JSONL case file on a bundle (or two, side by side)")
+    from .evaluate import add_arguments
+    add_arguments(s)
 
     a = p.parse_args(argv)
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
@@ -68,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
             except KeyboardInterrupt:
                 pass
             return 0
+        if a.cmd == "eval":
+            from . import evaluate
+            return evaluate.main(a, log)
         from . import headless
         if a.cmd == "ask":
             settings = {k: v for k, v in {
@@ -84,13 +86,6 @@ def main(argv: list[str] | None = None) -> int:
                     f"{result.get('decode_tok_s')} tok/s, load {result.get('load_ms')} ms, "
                     f"threads {result.get('threads')}, peak {result.get('peak_memory_mb')} MB")
             return 1 if "error" in result else 0
-        if a.cmd == "eval":
-            try:
-                return headless.eval_file(a.file, out=a.out, bundle=a.bundle, threads=a.threads,
-                                          log=log)
-            except headless.PageError as e:
-                print(json.dumps({"error": e.error}), file=sys.stderr)
-                return 1
     except SiteError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -1,4 +1,4 @@
-"""Drive the real chat page in headless Debian Chromium (Playwright): `ask` and `eval`.
+"""Drive the real chat page in headless Debian Chromium (Playwright): `ask` and the\nbrowser runtime of `eval`.
 
 One PageSession = the site (built if missing) + a local server on a free port + one browser +
 the page (index.html) with its model loaded once. Calls go through the page's own code path
@@ -9,14 +9,12 @@ process, which holds the page, its worker, Pyodide, ORT Web and ORT's thread wor
 Atomics.wait and never answer, so every call times out after 60 s and leaves them out.)
 
 What this module ignores: the Python runtime (`python -m smolchat ask` prints the same JSON
-keys for the CPython backend).
+keys for the CPython backend) and what an eval checks (smolchat.evals scores the turns).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -32,7 +30,7 @@ REPLY_TIMEOUT_MS = 300_000
 
 CAMEL = {"max_tokens": "maxTokens", "temperature": "temperature", "top_k": "topK",
          "top_p": "topP", "repetition_penalty": "repetitionPenalty", "seed": "seed",
-         "stop": "stop"}
+         "stop": "stop", "repetition_stop": "repetitionStop"}
 
 
 def launch_browser(playwright):
@@ -132,9 +130,15 @@ class PageSession:
 
     def send(self, message: str, mode: str = "chat", settings: dict | None = None) -> dict:
         opts = {CAMEL[k]: v for k, v in (settings or {}).items()}
-        reply = self.page.evaluate(
-            "([m, mode, opts]) => window.smolchatApp.send(m, {mode, settings: opts})",
-            [message, mode, opts])
+        if mode == "generate":    # the page's UI has chat and instruct; generate is the API's
+            reply = self.page.evaluate(
+                "async ([m, opts]) => { try { return await window.smolchatApp.bot.generate(m, opts); }"
+                " catch (e) { return {error: e.toJSON ? e.toJSON() : {kind: 'internal', message: String(e)}}; } }",
+                [message, opts])
+        else:
+            reply = self.page.evaluate(
+                "([m, mode, opts]) => window.smolchatApp.send(m, {mode, settings: opts})",
+                [message, mode, opts])
         self.sample_memory()
         return reply
 
@@ -180,31 +184,37 @@ def ask(message: str, system: str | None = None, mode: str = "chat", settings: d
         return {"error": e.error}
 
 
-def eval_file(path: str, out: str | None = None, bundle: str = "compact",
-              threads: int | None = None, log=print) -> int:
-    """Each input line {"id", "system"?, "mode"?, "turns": [...], "settings"?} -> one output
-    line per turn: {"id", "turn", "mode", "message", ...ask fields}. One page for the file;
-    each conversation starts fresh (setSystemPrompt resets the chat)."""
-    lines = [json.loads(l) for l in Path(path).read_text().splitlines() if l.strip()]
-    sink = open(out, "w") if out else sys.stdout
-    failures = 0
-    try:
-        with PageSession(bundle, threads, log) as s:
-            for n, conv in enumerate(lines):
-                if not isinstance(conv.get("turns"), list) or not conv["turns"]:
-                    raise ValueError(f"line {n + 1}: 'turns' must be a non-empty list of messages")
-                s.reset(conv.get("system"))
-                mode = conv.get("mode", "chat")
-                for i, message in enumerate(conv["turns"]):
-                    r = s.result(s.send(message, mode, conv.get("settings")), mode)
-                    failures += "error" in r
-                    sink.write(json.dumps({"id": conv.get("id", n), "turn": i, "mode": mode,
-                                           "message": message, **r}, ensure_ascii=False) + "\n")
-                    sink.flush()
-            if s.console_errors:
-                log(f"eval: console errors: {s.console_errors}")
-    finally:
-        if out:
-            sink.close()
-    log(f"eval: {len(lines)} conversations, {failures} failed turns")
-    return 1 if failures else 0
+def run_cases(cases, bundle: str = "compact", settings: dict | None = None,
+              threads: int | None = None, log=print, progress=None) -> dict:
+    """Score smolchat.evals cases through the real page: one page for all of them, each case
+    from a fresh conversation (setSystemPrompt resets the chat). -> an evals run dict, the
+    same shape as the CPython runtime's, plus the page's load facts."""
+    from smolchat import evals
+    results = []
+    with PageSession(bundle, threads, log) as s:
+        for i, case in enumerate(cases):
+            opts = evals.case_settings(case, settings)
+            s.reset(case.system)
+            turns = []
+            for turn in case.turns:
+                t0 = time.perf_counter()
+                r = s.result(s.send(turn.user, case.mode, opts), case.mode)
+                ms = round((time.perf_counter() - t0) * 1000, 1)
+                if "error" in r:
+                    turns.append({"user": turn.user, "error": r["error"], "time_ms": ms})
+                    break
+                turns.append({"user": turn.user, "reply": r["reply"],
+                              "finish_reason": r["finish_reason"],
+                              "completion_tokens": len(r["output_token_ids"]), "seed": r["seed"],
+                              "prompt_token_ids": r["prompt_token_ids"],
+                              "output_token_ids": r["output_token_ids"], "time_ms": ms})
+            result = evals.score_case(case, turns)
+            results.append(result)
+            if progress:
+                progress(i + 1, len(cases), result)
+        if s.console_errors:
+            log(f"eval: console errors: {s.console_errors}")
+        run = evals.make_run(s.info.get("bundle_id"), "browser", settings or {}, results)
+        run["page"] = {k: s.info.get(k) for k in ("load_ms", "threads", "cross_origin_isolated")}
+        run["page"]["peak_memory_mb"] = s.peak_mb
+    return run

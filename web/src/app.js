@@ -98,7 +98,7 @@ async function load() {
   ui.status.textContent = 'Loading the model…';
   bot = await SmolChat.load({ bundleUrl: await bundleUrl(), threads, onProgress: setProgress });
   const info = bot.loadInfo;
-  if (info.defaults) { // the bundle's generation_config defaults
+  if (info.defaults) { // the engine's defaults (py_runtime/smolchat/settings.py): the one place
     ui.temperature.value = String(info.defaults.temperature);
     ui.maxTokens.value = String(info.defaults.max_tokens);
   }
@@ -161,8 +161,13 @@ function showTimings(reply) {
     `${reply.prompt_tokens} prompt + ${reply.completion_tokens} new tokens · ${reply.finish_reason}`;
 }
 
+// The fields start empty and show the engine's defaults once loaded; an empty field sends
+// nothing, so the engine's default applies (no second copy of the defaults here).
 function settings() {
-  return { temperature: Number(ui.temperature.value), maxTokens: Math.round(Number(ui.maxTokens.value)) };
+  const s = {};
+  if (ui.temperature.value !== '') s.temperature = Number(ui.temperature.value);
+  if (ui.maxTokens.value !== '') s.maxTokens = Math.round(Number(ui.maxTokens.value));
+  return s;
 }
 
 // Send one message; resolves to the reply (or the partial reply when stopped).

@@ -24,7 +24,9 @@
 //
 // finish_reason: engine 'stop' (end-of-turn token or a stop string) -> 'stop'; 'length'
 // (max_tokens) -> 'length'; 'context' (the context window filled mid-reply) -> 'length', as
-// OpenAI reports a reply cut by the model's window; 'abort' -> 'abort' (WebLLM's value), seen
+// OpenAI reports a reply cut by the model's window; 'repetition' (the reply started looping and
+// was ended early, engine.py) -> 'stop', OpenAI having no such value (usage.extra.finish_reason
+// keeps the engine's); 'abort' -> 'abort' (WebLLM's value), seen
 // only when the reply was cancelled by something other than this request's signal (e.g.
 // setSystemPrompt while it ran). Aborting through the request's signal (or, when streaming,
 // stream.controller.abort()) rejects / throws an error named 'AbortError' whose .reply is the
@@ -50,7 +52,8 @@ const SETTINGS = {
 };
 const FIELDS = ['messages', 'model', 'stream', 'stream_options', 'n', ...Object.keys(SETTINGS)];
 
-export const FINISH_REASONS = Object.freeze({ stop: 'stop', length: 'length', context: 'length', abort: 'abort' });
+export const FINISH_REASONS = Object.freeze({ stop: 'stop', length: 'length', context: 'length', abort: 'abort',
+  repetition: 'stop' });
 
 function invalidSetting(field, value, allowed) {
   let shown;
@@ -152,7 +155,8 @@ function usageOf(reply) {
     completion_tokens: reply.completion_tokens,
     total_tokens: reply.prompt_tokens + reply.completion_tokens,
     prompt_tokens_details: { cached_tokens: reply.cached_prompt_tokens || 0 },
-    extra: { ...reply.timings, seed: reply.seed },   // SmolChat's timings (ms, tokens/s)
+    // SmolChat's timings (ms, tokens/s) and its own finish_reason (e.g. 'repetition')
+    extra: { ...reply.timings, seed: reply.seed, finish_reason: reply.finish_reason },
   };
 }
 

@@ -12,6 +12,7 @@ import { makeError } from './errors.js';
 export const OPTIONS = {
   maxTokens: 'max_tokens', temperature: 'temperature', topK: 'top_k', topP: 'top_p',
   repetitionPenalty: 'repetition_penalty', seed: 'seed', stop: 'stop',
+  repetitionStop: 'repetition_stop',
 };
 // engine setting -> [JS type check, the allowed text of settings.py's InvalidSetting]
 export const KINDS_OF = {
@@ -22,6 +23,7 @@ export const KINDS_OF = {
   repetition_penalty: ['number', 'a number in [1.0, 2.0]'],
   seed: ['integer or null', 'an integer in [0, 4294967295], or null for a fresh seed'],
   stop: ['strings', 'a string or a list of at most 8 strings of 1 to 64 characters'],
+  repetition_stop: ['boolean', 'true or false'],
 };
 
 // A value as the caller wrote it: NaN, Infinity, 10n, "0.5", [object Object].
@@ -49,6 +51,7 @@ export function fits(kind, value) {
     case 'integer': return Number.isSafeInteger(value);
     case 'integer or null': return value === null || Number.isSafeInteger(value);
     case 'number': return typeof value === 'number' && Number.isFinite(value);
+    case 'boolean': return typeof value === 'boolean';
     case 'strings': return value === null || typeof value === 'string'
       || (Array.isArray(value) && value.every((v) => typeof v === 'string'));
     default: return false;
