@@ -268,3 +268,31 @@ def test_widget_renders_markdown_safely_in_its_shadow_root(browser, origin, host
         assert r["code"].startswith("console.log('<b>hi</b>')")
     finally:
         context.close()
+
+
+def test_readme_embed_snippet_runs(browser, origin, host, kit):
+    """README's ten-line embed, as written (host filled in), on a third-party page: the widget
+    element is defined, and the module's reply reaches the console."""
+    from pathlib import Path
+    kit.require_bundle(kit.COMPACT)
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    snippet = text.split("<!-- test: embed -->", 1)[1].split("```html\n", 1)[1].split("```", 1)[0]
+    host.pages["/embed.html"] = ("<!doctype html><html><head><meta charset='utf-8'><link rel='icon' href='data:,'></head><body>"
+                                 + snippet.replace("https://your-smolchat-host", origin) + "</body></html>")
+    context = browser.new_context()
+    errors: list[str] = []
+    logs: list[str] = []
+    try:
+        page = kit.new_page(context, errors)
+        page.on("console", lambda m: logs.append(m.text) if m.type == "log" else None)
+        page.goto(host.url + "/embed.html")
+        page.wait_for_function("() => customElements.get('smol-chat') !== undefined")
+        assert page.locator("smol-chat .launcher").inner_text() == "Ask SmolLM2"   # opening it loads a 2nd model
+        deadline = 240
+        while not logs and deadline > 0:
+            page.wait_for_timeout(1000)
+            deadline -= 1
+        assert logs and "Paris" in logs[0], logs
+        assert errors == [], errors
+    finally:
+        context.close()
