@@ -299,7 +299,7 @@ def test_no_console_errors(chat):
 
 def test_dark_mode_follows_the_system_and_the_toggle(chat, artifacts):
     page = chat.page
-    bg = lambda: page.evaluate("() => getComputedStyle(document.body).backgroundColor")
+    bg = lambda: page.evaluate("() => getComputedStyle(document.documentElement).backgroundColor")
     try:
         page.emulate_media(color_scheme="dark")
         assert bg() == "rgb(17, 20, 24)"
