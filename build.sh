@@ -119,6 +119,7 @@ passed = t["tests"] - t["failures"] - t["errors"] - t["skipped"]
 print(f"all areas: {passed} passed, {t['failures'] + t['errors']} failed, {t['skipped']} skipped")
 PYEOF
     exit $status ;;
-  help|-h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//' ;;
+  # usage: the comment block at the top of this file, and nothing after it
+  help|-h|--help) awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0" ;;
   *) echo "error: unknown command '$cmd' (try ./build.sh help)" >&2; exit 2 ;;
 esac

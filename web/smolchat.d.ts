@@ -90,6 +90,14 @@ export interface GenerateOptions {
   stop?: string | string[];
   /** default true: end a reply that loops (finish_reason 'repetition'); tokens before are unchanged */
   repetitionStop?: boolean;
+  /** [-2, 2] (OpenAI): logit -= count * frequencyPenalty, count = times the reply generated the token */
+  frequencyPenalty?: number;
+  /** [-2, 2] (OpenAI): logit -= presencePenalty for every token the reply generated already */
+  presencePenalty?: number;
+  /** report each generated token's log-probability (Reply.logprobs) */
+  logprobs?: boolean;
+  /** [0, 20] alternatives per token (needs logprobs) */
+  topLogprobs?: number;
   /** called with each streamed piece of text (complete UTF-8) */
   onToken?: (text: string) => void;
   /** abort: the call rejects with an error named 'AbortError' (its .reply is the partial reply) */
@@ -128,6 +136,26 @@ export interface Reply {
   cached_prompt_tokens: number;
   dropped_exchanges: number;
   profile: DecodeProfile;
+  /** with logprobs: one entry per generated token; log-softmax over the whole vocabulary of
+   *  the logits after the penalties, before temperature/top-k/top-p. null otherwise. */
+  logprobs: Array<TokenLogprob & { top_logprobs: TokenLogprob[] }> | null;
+}
+
+export interface TokenLogprob {
+  token_id: number;
+  token: string;
+  /** the token's raw bytes (a token may hold part of a UTF-8 character) */
+  bytes: number[];
+  logprob: number;
+}
+
+/** A setting's bounds as the engine checks them (Info.limits). */
+export interface SettingRange {
+  type: 'integer' | 'number';
+  min: number;
+  max: number;
+  /** true: min itself is not allowed (top_p) */
+  min_exclusive: boolean;
 }
 
 export interface ChatMessage {
@@ -168,6 +196,9 @@ export interface Info {
   cache_name: string;
   /** bundle bytes fetched over the network by this load (manifest.json not counted) */
   network_bytes: number;
+  /** the engine's ranges for max_tokens, temperature, top_k, top_p, repetition_penalty,
+   *  frequency_penalty, presence_penalty, top_logprobs, seed (settings.py RANGES) */
+  limits: Record<string, SettingRange>;
   [key: string]: unknown;
 }
 
@@ -191,7 +222,20 @@ export declare class SmolChat {
   getConversationHistory(): Promise<ChatMessage[]>;
   /** An optional leading system message, then whole user/assistant pairs. */
   setConversationHistory(messages: ChatMessage[]): Promise<null>;
+  /** The engine's tokenizer: plain text -> ids (no special tokens added). */
   encode(text: string): Promise<number[]>;
+  /** ids -> text (UTF-8; control tokens as their text). */
+  decode(ids: number[]): Promise<string>;
+  /** The prompt ids chat() feeds for these messages (the system prompt first when none is given). */
+  applyChatTemplate(messages: ChatMessage[], options?: { addGenerationPrompt?: boolean }): Promise<number[]>;
+  /** WebLLM: clearConversation(); keepStats keeps runtimeStatsText()'s reply. */
+  resetChat(keepStats?: boolean): Promise<null>;
+  /** WebLLM: every running reply stops and ends normally with finish_reason 'abort'. */
+  interruptGenerate(): Promise<void>;
+  /** WebLLM: the newest reply's text (so far, while it streams). */
+  getMessage(): Promise<string>;
+  /** WebLLM: "prefill: X tokens/s, decoding: Y tokens/s" of the newest reply. */
+  runtimeStatsText(): Promise<string>;
   info(): Promise<Info>;
   /** live_tensors: ort.Tensors alive between calls (0 on the heap path); heap_blocks: wasm
    * heap blocks the KV cache path holds (null on the JS-tensor path) */
@@ -230,9 +274,23 @@ export interface ChatCompletionCreateParams {
   top_p?: number | null;
   stop?: string | string[] | null;
   seed?: number | null;
+  /** [-2, 2], OpenAI's definitions over the tokens the reply generated */
+  frequency_penalty?: number | null;
+  presence_penalty?: number | null;
+  logprobs?: boolean | null;
+  /** [0, 20], needs logprobs */
+  top_logprobs?: number | null;
+  /** accepted and ignored */
+  user?: string | null;
+  /** only text */
+  response_format?: { type: 'text' } | null;
   /** extensions (WebLLM has them too) */
   top_k?: number | null;
   repetition_penalty?: number | null;
+}
+
+export interface ChatCompletionLogprobs {
+  content: Array<TokenLogprob & { top_logprobs: TokenLogprob[] }>;
 }
 
 /** 'context' from the engine is reported as 'length', 'repetition' as 'stop' (usage.extra.finish_reason
@@ -244,10 +302,15 @@ export interface CompletionUsage {
   completion_tokens: number;
   total_tokens: number;
   prompt_tokens_details: { cached_tokens: number };
-  /** SmolChat's timings */
-  extra: { ttft_ms: number; prefill_ms: number; decode_tok_s: number; total_ms: number; seed: number;
+  /** WebLLM's names (seconds, tokens/s) and SmolChat's (ms, tok/s) */
+  extra: {
+    time_to_first_token_s: number; time_per_output_token_s: number; e2e_latency_s: number;
+    /** prompt tokens forwarded (not reused from the KV cache) per second of prefill */
+    prefill_tokens_per_s: number; decode_tokens_per_s: number;
+    ttft_ms: number; prefill_ms: number; decode_tok_s: number; total_ms: number; seed: number;
     /** the engine's own finish_reason ('repetition' where choices say 'stop') */
-    finish_reason: FinishReason };
+    finish_reason: FinishReason;
+  };
 }
 
 export interface ChatCompletion {
@@ -260,7 +323,8 @@ export interface ChatCompletion {
   choices: Array<{
     index: 0;
     message: { role: 'assistant'; content: string };
-    logprobs: null;
+    /** with logprobs: true */
+    logprobs: ChatCompletionLogprobs | null;
     finish_reason: ChatCompletionFinishReason;
   }>;
   usage: CompletionUsage;
@@ -276,7 +340,8 @@ export interface ChatCompletionChunk {
   choices: Array<{
     index: 0;
     delta: { role?: 'assistant'; content?: string };
-    logprobs: null;
+    /** with logprobs: every token's, on the chunk with finish_reason */
+    logprobs: ChatCompletionLogprobs | null;
     finish_reason: ChatCompletionFinishReason | null;
   }>;
   /** on the finish chunk, and on the include_usage chunk */

@@ -4,11 +4,13 @@
 //   <smol-chat bundle="..." system-prompt="You are a pirate." title="Ask me" theme="dark"></smol-chat>
 //
 // A custom element with an open Shadow DOM: a launcher button in the corner opens a chat panel
-// (messages streamed as text, Send, Stop, a progress bar while the model loads). The host
+// (replies streamed and rendered as Markdown by markdown.js, code blocks and replies with Copy
+// buttons, Send, Stop, a progress bar while the model loads). The host
 // page's CSS cannot reach inside (selectors stop at the shadow root; the host element resets
 // every inherited property with `all: initial !important`, which beats the page's !important
 // rules) and the widget's CSS cannot leak out. Only px units are used, so a page that changes
-// the root font size changes nothing either. Model output is only ever set as text.
+// the root font size changes nothing either. Model output goes through markdown.js (marked ->
+// DOMPurify allow-list, http(s) links only, raw HTML shown as text): never live HTML or script.
 //
 // Attributes:
 //   bundle         bundle URL (relative to the page), or a bundle id served next to widget.js
@@ -18,7 +20,7 @@
 //   allowed-origins  space-separated origins `bundle` may come from besides those two, or *
 //   system-prompt  system prompt (default: the model's own); changing it clears the chat
 //   title          panel title (default "SmolChat")
-//   theme          light | dark (default light)
+//   theme          light | dark | auto (the system's setting) (default light)
 //   open           start with the panel open
 //   preload        load the model at once instead of when the panel first opens
 //   max-tokens, temperature   generation settings for every reply (engine ranges apply)
@@ -36,6 +38,7 @@
 
 import { SmolChat } from './smolchat.js';
 import { STAGES } from './protocol.js';
+import { replyView, copyText, adoptMarkdownCss } from './markdown.js';
 
 const DEFAULT_BUNDLE = 'smollm2-135m-instruct-compact';
 
@@ -60,7 +63,7 @@ const CSS = `
   --accent: var(--smol-chat-accent, #2563eb);
   --bg: #ffffff; --fg: #111827; --muted: #6b7280; --line: #e5e7eb;
   --user-bg: var(--accent); --user-fg: #ffffff; --bot-bg: #f3f4f6; --bot-fg: #111827;
-  --error-bg: #fef2f2; --error-fg: #991b1b;
+  --error-bg: #fef2f2; --error-fg: #991b1b; --code-bg: #e5e7eb;
   display: flex; flex-direction: column; align-items: flex-end; gap: 12px;
   font: 400 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
   color: var(--fg); text-align: left; letter-spacing: normal; word-spacing: normal;
@@ -68,7 +71,13 @@ const CSS = `
 }
 :host([theme="dark"]) .root {
   --bg: #111827; --fg: #f9fafb; --muted: #9ca3af; --line: #374151;
-  --bot-bg: #1f2937; --bot-fg: #f9fafb; --error-bg: #450a0a; --error-fg: #fecaca;
+  --bot-bg: #1f2937; --bot-fg: #f9fafb; --error-bg: #450a0a; --error-fg: #fecaca; --code-bg: #111827;
+}
+@media (prefers-color-scheme: dark) {
+  :host([theme="auto"]) .root {
+    --bg: #111827; --fg: #f9fafb; --muted: #9ca3af; --line: #374151;
+    --bot-bg: #1f2937; --bot-fg: #f9fafb; --error-bg: #450a0a; --error-fg: #fecaca; --code-bg: #111827;
+  }
 }
 .root *, .root *::before, .root *::after { box-sizing: border-box; }
 button, textarea { font: inherit; color: inherit; margin: 0; }
@@ -98,7 +107,10 @@ h2 { margin: 0; font-size: 15px; font-weight: 600; flex: 1; overflow: hidden; te
 .msg { margin: 0; padding: 8px 12px; border-radius: 12px; max-width: 85%; white-space: pre-wrap; overflow-wrap: anywhere; }
 .msg.user { align-self: flex-end; background: var(--user-bg); color: var(--user-fg); }
 .msg.assistant { align-self: flex-start; background: var(--bot-bg); color: var(--bot-fg); }
-.msg.assistant.streaming::after { content: "\\258D"; opacity: 0.6; }
+.msg.assistant { white-space: normal; }
+.msg.assistant.streaming .md::after { content: "\\258D"; opacity: 0.6; }
+.msg .reply-copy { margin-top: 4px; border: 0; background: transparent; color: var(--muted); font-size: 12px; padding: 0; cursor: pointer; }
+.msg .reply-copy:hover { color: var(--accent); }
 .error { margin: 0; padding: 8px 12px; background: var(--error-bg); color: var(--error-fg); font-size: 13px; }
 form { display: flex; gap: 8px; padding: 10px 12px; border-top: 1px solid var(--line); }
 textarea {
@@ -150,7 +162,8 @@ export class SmolChatElement extends HTMLElement {
   constructor() {
     super();
     const root = this.attachShadow({ mode: 'open' });
-    root.innerHTML = `<style>${CSS}</style>${HTML}`;   // static markup only; model text goes in as text
+    root.innerHTML = `<style>${CSS}</style>${HTML}`;   // static markup only; model text: markdown.js
+    adoptMarkdownCss(root);
     const q = (sel) => root.querySelector(sel);
     this.#ui = {
       panel: q('.panel'), launcher: q('.launcher'), title: q('.title'), close: q('.close'),
@@ -253,25 +266,35 @@ export class SmolChatElement extends HTMLElement {
     if (this.#busy) throw Object.assign(new Error('a reply is still streaming: stop it or wait'), { name: 'InvalidStateError' });
     const ui = this.#ui;
     ui.error.hidden = true;
-    this.#append('user', text);
+    const asked = this.#append('user', text);
     const bubble = this.#append('assistant', '');
-    const textNode = bubble.firstChild;
+    const body = bubble.firstChild;
+    const view = replyView(body);
+    let shown = '';
     bubble.classList.add('streaming');
     this.#controller = new AbortController();
     this.#setBusy(true);
     try {
       const reply = await bot.chat(text, {
         signal: this.#controller.signal, ...this.#settings(),
-        onToken: (piece) => { textNode.appendData(piece); this.#scroll(); },
+        onToken: (piece) => { shown += piece; view.update(shown); requestAnimationFrame(() => this.#scroll()); },
       });
+      this.#finishBubble(bubble, view, reply);
       this.#setStatus(`${describeTimings(reply)} · ${this.#threadsNote}`);
       this.#emit('smolchat-reply', reply);
       return reply;
     } catch (e) {
       if (e.name === 'AbortError') {
         bubble.dataset.finish = 'abort';
+        if (e.reply) this.#finishBubble(bubble, view, e.reply); else view.finish(shown);
         this.#setStatus('Stopped');
       } else {
+        // The engine keeps no half exchange after an error: the panel neither; the text goes
+        // back into the box unless something new was typed.
+        view.finish('');
+        bubble.remove();
+        asked.remove();
+        if (!ui.input.value.trim()) ui.input.value = text;
         this.#fail(e);
       }
       throw e;
@@ -303,13 +326,38 @@ export class SmolChatElement extends HTMLElement {
     this.send(text).catch(() => {});   // shown in the panel
   }
 
+  // user: <p class="msg user">text</p>; assistant: <div class="msg assistant"><div class="md">
   #append(role, text) {
-    const el = document.createElement('p');
+    const el = document.createElement(role === 'assistant' ? 'div' : 'p');
     el.className = `msg ${role}`;
-    el.appendChild(document.createTextNode(text));
+    if (role === 'assistant') {
+      const body = document.createElement('div');
+      body.className = 'md';
+      el.appendChild(body);
+    } else {
+      el.appendChild(document.createTextNode(text));
+    }
     this.#ui.messages.appendChild(el);
     this.#scroll();
     return el;
+  }
+
+  // The final render and a Copy button for the whole reply (its Markdown text).
+  #finishBubble(bubble, view, reply) {
+    view.finish(reply.text);
+    bubble.dataset.raw = reply.text;
+    const copy = document.createElement('button');
+    copy.type = 'button';
+    copy.className = 'reply-copy';
+    copy.textContent = 'Copy';
+    copy.setAttribute('aria-label', 'Copy the reply');
+    copy.addEventListener('click', async () => {
+      await copyText(reply.text, copy);
+      copy.textContent = 'Copied';
+      setTimeout(() => { copy.textContent = 'Copy'; }, 1500);
+    });
+    bubble.appendChild(copy);
+    this.#scroll();
   }
 
   #clearMessages() { this.#ui.messages.replaceChildren(); }
@@ -331,8 +379,10 @@ export class SmolChatElement extends HTMLElement {
     const pct = Math.max(0, Math.min(100, percent || 0));
     ui.fill.style.width = `${pct}%`;
     ui.progress.setAttribute('aria-valuenow', String(Math.round(pct)));
-    const bytes = stage === 'download' && total ? ` (${MB(loaded)} / ${MB(total)} MB)` : '';
-    ui.progressLabel.textContent = `${LABELS[stage] || stage} ${Math.round(pct)}%${bytes}`;
+    // the bar shows the whole load; the label the step (and the bytes while downloading)
+    const step = STAGES.findIndex((s) => s.stage === stage);
+    const head = `${step >= 0 ? `Step ${step + 1} of ${STAGES.length}: ` : ''}${LABELS[stage] || stage}`;
+    ui.progressLabel.textContent = stage === 'download' && total ? `${head} (${MB(loaded)} of ${MB(total)} MB)` : `${head}…`;
   }
 
   #fail(e) {

@@ -63,10 +63,18 @@ class Backend(Protocol):
         the longest common prefix when history changes."""
 
     def candidates(self, k: int, repetition_penalty: float = 1.0,
-                   penalty_ids: Sequence[int] = ()) -> tuple[list[int], list[float]]:
+                   penalty_ids: Sequence[int] = (), *, count_ids: Sequence[int] = (),
+                   counts: Sequence[int] = (), frequency_penalty: float = 0.0,
+                   presence_penalty: float = 0.0, logsumexp: bool = False):
         """Top-k (ids, logits) of the current logits, best first (ties: lower id first),
         after the HF-style repetition penalty on penalty_ids (positive logits divided by
-        the penalty, negative ones multiplied). k=1 is argmax. Raises if no logits yet."""
+        the penalty, negative ones multiplied), then OpenAI's penalties on count_ids (the
+        tokens generated so far, counts[i] times each): logit -= count * frequency_penalty
+        + (count > 0) * presence_penalty, computed in float64 and rounded to float32.
+        k=1 is argmax. Raises if no logits yet. With logsumexp=True returns
+        (ids, logits, lse), lse = log(sum(exp(logit))) over the whole vocabulary of the same
+        penalized logits (float64), so logit - lse is a token's log-probability. The engine
+        passes the keyword arguments only when a reply uses them."""
 
     async def close(self) -> None:
         """Release sessions and tensors."""

@@ -6,7 +6,7 @@ The session comes from `runtime_form.load_session` (it expands weights.bin into 
 external data in memory, exactly as the browser does). Input and output names are read
 from the session: every `past_key_values.*` input is fed from the `present.*` output of the
 same suffix. The KV cache is a dict of numpy arrays, each [1, kv_heads, positions, head_dim].
-The vocabulary-wide work of `candidates` (repetition penalty, top-k) is numpy.
+The vocabulary-wide work of `candidates` (penalties, top-k, log-sum-exp) is numpy.
 
 This is the only module of the package that imports numpy, onnxruntime or tokenizers.
 
@@ -145,7 +145,9 @@ class OnnxBackend:
             self._length = length
 
     def candidates(self, k: int, repetition_penalty: float = 1.0,
-                   penalty_ids: Sequence[int] = ()) -> tuple[list[int], list[float]]:
+                   penalty_ids: Sequence[int] = (), *, count_ids: Sequence[int] = (),
+                   counts: Sequence[int] = (), frequency_penalty: float = 0.0,
+                   presence_penalty: float = 0.0, logsumexp: bool = False):
         if self._logits is None:
             raise KVCacheMismatch("candidates() before forward(): no logits yet")
         logits = self._logits
@@ -154,17 +156,29 @@ class OnnxBackend:
             idx = np.unique(np.asarray(penalty_ids, dtype=np.int64))
             v = logits[idx]
             logits[idx] = np.where(v > 0, v / repetition_penalty, v * repetition_penalty)
+        if (frequency_penalty or presence_penalty) and len(count_ids):
+            # OpenAI's definition, in float64 then rounded to float32 (as ort_glue.js topK does)
+            logits = logits.copy() if logits is self._logits else logits
+            idx = np.asarray(count_ids, dtype=np.int64)
+            c = np.asarray(counts, dtype=np.float64)
+            v = logits[idx].astype(np.float64)
+            logits[idx] = (v - c * frequency_penalty - (c > 0) * presence_penalty).astype(np.float32)
         if k == 1:
             i = int(np.argmax(logits))          # first maximum: ties go to the lower id
-            return [i], [float(logits[i])]
-        k = min(k, logits.shape[0])
-        kth = logits[np.argpartition(-logits, k - 1)[k - 1]]
-        above = np.flatnonzero(logits > kth)
-        ties = np.flatnonzero(logits == kth)[:k - len(above)]   # lower ids win ties
-        ids = np.concatenate([above, ties])
-        vals = logits[ids]
-        order = np.lexsort((ids, -vals))
-        return ids[order].tolist(), vals[order].astype(float).tolist()
+            ids, vals = [i], [float(logits[i])]
+        else:
+            k = min(k, logits.shape[0])
+            kth = logits[np.argpartition(-logits, k - 1)[k - 1]]
+            above = np.flatnonzero(logits > kth)
+            ties = np.flatnonzero(logits == kth)[:k - len(above)]   # lower ids win ties
+            top = np.concatenate([above, ties])
+            order = np.lexsort((top, -logits[top]))
+            ids, vals = top[order].tolist(), logits[top][order].astype(float).tolist()
+        if not logsumexp:
+            return ids, vals
+        wide = logits.astype(np.float64)        # log-sum-exp over the whole vocabulary
+        peak = float(wide.max())
+        return ids, vals, peak + float(np.log(np.exp(wide - peak).sum()))
 
     async def close(self) -> None:
         self._session = None

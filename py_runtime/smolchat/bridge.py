@@ -154,10 +154,20 @@ class OrtWebBackend:
         self._length = length
 
     def candidates(self, k: int, repetition_penalty: float = 1.0,
-                   penalty_ids: Sequence[int] = ()) -> tuple[list[int], list[float]]:
+                   penalty_ids: Sequence[int] = (), *, count_ids: Sequence[int] = (),
+                   counts: Sequence[int] = (), frequency_penalty: float = 0.0,
+                   presence_penalty: float = 0.0, logsumexp: bool = False):
         if not self._has_logits:
             raise KVCacheMismatch("candidates() before forward(): no logits yet")
         ids_js = _to_js(list(penalty_ids)) if repetition_penalty != 1.0 and penalty_ids else None
+        if count_ids and (frequency_penalty or presence_penalty) or logsumexp:
+            counted = bool(count_ids) and bool(frequency_penalty or presence_penalty)
+            got = self._runner.topK(int(k), float(repetition_penalty), ids_js,
+                                    _to_js(list(count_ids)) if counted else None,
+                                    _to_js(list(counts)) if counted else None,
+                                    float(frequency_penalty), float(presence_penalty),
+                                    bool(logsumexp)).to_py()
+            return tuple(got)
         pair = self._runner.topK(int(k), float(repetition_penalty), ids_js)
         ids, values = pair.to_py()
         return ids, values
@@ -276,11 +286,11 @@ class WorkerHost:
 
     def call(self, name: str, args_json: str = "[]") -> str:
         """Synchronous engine calls: set_system_prompt, clear, history, load_history, info,
-        health."""
+        health, decode, apply_chat_template."""
         try:
             engine = self._need()
             if name not in ("set_system_prompt", "clear", "history", "load_history", "info",
-                            "health"):
+                            "health", "decode", "apply_chat_template"):
                 raise SmolChatError(f"unknown call {name!r}")
             result = getattr(engine, name)(*json.loads(args_json))
             if name == "health" and isinstance(result, dict) and self.backend is not None:

@@ -51,7 +51,7 @@ from .errors import (ContextWindowExceeded, InvalidInput, InvalidSetting, KVCach
                      SmolChatError)
 from .repetition import RepetitionStop
 from .sampling import sample
-from .settings import GenerationSettings, resolve
+from .settings import GenerationSettings, limits, resolve
 from .streaming import StopMatcher, Utf8Decoder
 
 DEFAULT_CONTEXT_WINDOW = 2048
@@ -88,6 +88,11 @@ class Reply:
     # backend.candidates + sampling.sample; python_ms: the rest (loop, detokenising, stops,
     # streaming). The four parts sum to the steps' wall time (first decode forward -> end).
     profile: dict = field(default_factory=_empty_profile)
+    # With settings.logprobs: one entry per generated token (eos included), OpenAI's shape
+    # plus the id: {token_id, token, bytes, logprob, top_logprobs: [{token_id, token, bytes,
+    # logprob}]}; logprob = the log-softmax over the whole vocabulary of the logits after the
+    # penalties, before temperature, top-k and top-p (what the model and penalties say).
+    logprobs: list | None = None
 
     @property
     def prompt_tokens(self) -> int:
@@ -110,6 +115,7 @@ class Reply:
             "dropped_exchanges": self.dropped_exchanges,
             "profile": {**{k: round(self.profile[k], 3) for k in PROFILE_PARTS},
                         "steps": self.profile["steps"]},
+            "logprobs": self.logprobs,
         }
 
 
@@ -287,6 +293,7 @@ class ChatEngine:
             "default_system_prompt": self.template.default_system_prompt,
             "instruct_system_prompt": self.instruct_system_prompt,
             "defaults": self.defaults.to_dict(),
+            "limits": limits(),
             "cached_tokens": len(self._cache or ()),
             "exchanges": len(self._messages) // 2,
         })
@@ -294,6 +301,28 @@ class ChatEngine:
 
     def health(self) -> dict:
         return {"status": self._status, "reason": self._reason}
+
+    # ------------------------------------------------------------------ tokenizer
+
+    def decode(self, ids: list) -> str:
+        """Token ids -> text (UTF-8; control tokens as their text, broken bytes as U+FFFD)."""
+        if not isinstance(ids, (list, tuple)) or not all(
+                isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+            raise InvalidInput("decode takes a list of token ids (non-negative integers)")
+        return b"".join(self.backend.token_bytes(i) for i in ids).decode("utf-8", "replace")
+
+    def apply_chat_template(self, messages: list, add_generation_prompt: bool = True) -> list[int]:
+        """Messages -> the prompt ids chat() would feed for them: without a leading system
+        message the current system prompt (or the model's default) comes first."""
+        if not isinstance(messages, (list, tuple)) or not all(
+                isinstance(m, dict) and m.get("role") in ("system", "user", "assistant")
+                and isinstance(m.get("content"), str) for m in messages):
+            raise InvalidInput("apply_chat_template takes a list of {role: 'system'|'user'|"
+                               "'assistant', content: str} messages")
+        messages = [{"role": m["role"], "content": m["content"]} for m in messages]
+        ids = [] if messages and messages[0]["role"] == "system" \
+            else self._system_ids(self.system_prompt)
+        return ids + self.template.render_ids(messages, bool(add_generation_prompt))
 
     # ------------------------------------------------------------------ entry points
 
@@ -450,6 +479,14 @@ class ChatEngine:
             forwarded += len(chunk)
         return forwarded
 
+    def _logprob_entry(self, token: int, ids, logits, lse: float, top: int) -> dict:
+        """One Reply.logprobs entry: the chosen token and the `top` best candidates (ids come
+        best first, so the first `top` are the most likely)."""
+        entry = _token_entry(self.backend, token, float(logits[ids.index(token)]) - lse)
+        entry["top_logprobs"] = [_token_entry(self.backend, i, float(v) - lse)
+                                 for i, v in zip(ids[:top], logits[:top])]
+        return entry
+
     async def _decode(self, stream: ReplyStream, prompt: list[int], reply: Reply) -> None:
         s, b = stream.settings, self.backend
         t0 = time.perf_counter()
@@ -461,6 +498,12 @@ class ChatEngine:
         reply.seed = s.seed if s.seed is not None else random.randrange(2**32)
         rng = random.Random(reply.seed)
         k = 1 if s.temperature == 0 else s.top_k
+        extra = {}                            # the backend's optional candidate arguments
+        if s.logprobs:
+            k = max(k, s.top_logprobs)        # sample() still keeps only top_k of them
+            extra["logsumexp"] = True
+            reply.logprobs = []
+        counts = {} if (s.frequency_penalty or s.presence_penalty) else None
         decoder, stops = Utf8Decoder(), StopMatcher(s.stop)
         looping = RepetitionStop() if s.repetition_stop else None   # watches, never picks
         out, pieces = reply.output_token_ids, []
@@ -474,8 +517,17 @@ class ChatEngine:
                 finish = "abort"
                 break
             t_pick = time.perf_counter()
-            ids, logits = b.candidates(k, s.repetition_penalty, sorted(seen) if penalty else ())
+            if counts:
+                extra.update(count_ids=list(counts), counts=list(counts.values()),
+                             frequency_penalty=s.frequency_penalty,
+                             presence_penalty=s.presence_penalty)
+            got = b.candidates(k, s.repetition_penalty, sorted(seen) if penalty else (), **extra)
+            ids, logits = got[0], got[1]
             token = sample(ids, logits, s, rng)
+            if counts is not None:
+                counts[token] = counts.get(token, 0) + 1
+            if s.logprobs:
+                reply.logprobs.append(self._logprob_entry(token, ids, logits, got[2], s.top_logprobs))
             t_picked = time.perf_counter()
             out.append(token)
             if len(out) == 1:
@@ -525,6 +577,12 @@ class ChatEngine:
         reply.total_ms = (t_end - t0) * 1000
         if len(out) > 1 and t_end > t_first:
             reply.decode_tok_s = (len(out) - 1) / (t_end - t_first)
+
+
+def _token_entry(backend, token_id: int, logprob: float) -> dict:
+    raw = backend.token_bytes(token_id)
+    return {"token_id": token_id, "token": raw.decode("utf-8", "replace"), "bytes": list(raw),
+            "logprob": logprob}
 
 
 def _check_text(name: str, value, optional: bool = False) -> None:

@@ -20,6 +20,7 @@ What this module ignores: real language modelling and speed.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 import zlib
@@ -112,7 +113,9 @@ class FakeBackend:
         self._logits = None
 
     def candidates(self, k: int, repetition_penalty: float = 1.0,
-                   penalty_ids: Sequence[int] = ()) -> tuple[list[int], list[float]]:
+                   penalty_ids: Sequence[int] = (), *, count_ids: Sequence[int] = (),
+                   counts: Sequence[int] = (), frequency_penalty: float = 0.0,
+                   presence_penalty: float = 0.0, logsumexp: bool = False):
         if self._logits is None:
             raise RuntimeError("no logits: forward first")
         self.candidate_calls.append((k, repetition_penalty, tuple(penalty_ids)))
@@ -121,8 +124,14 @@ class FakeBackend:
             for i in set(penalty_ids):
                 logits[i] = logits[i] / repetition_penalty if logits[i] > 0 \
                     else logits[i] * repetition_penalty
+        for i, c in zip(count_ids, counts):
+            logits[i] = logits[i] - c * frequency_penalty - (c > 0) * presence_penalty
         order = sorted(range(len(logits)), key=lambda i: (-logits[i], i))[:k]
-        return order, [logits[i] for i in order]
+        if not logsumexp:
+            return order, [logits[i] for i in order]
+        peak = max(logits)
+        lse = peak + math.log(sum(math.exp(v - peak) for v in logits))
+        return order, [logits[i] for i in order], lse
 
     async def close(self) -> None:
         self.closed = True

@@ -27,6 +27,23 @@ MAX_TOKENS_LIMIT = 8192
 MAX_STOP_STRINGS = 8
 MAX_STOP_CHARS = 64
 MAX_SEED = 2**32 - 1
+#: Most alternatives reported per token with logprobs (OpenAI's limit).
+MAX_TOP_LOGPROBS = 20
+
+#: The numeric bounds, one table: resolve() checks them and ChatEngine.info()["limits"] hands
+#: them to the UIs (the page validates its Settings with these, never with copies).
+#: {field: (type, low, high, low_open)}
+RANGES = {
+    "max_tokens": ("integer", 1, MAX_TOKENS_LIMIT, False),
+    "temperature": ("number", 0.0, 2.0, False),
+    "top_k": ("integer", 1, MAX_TOP_K, False),
+    "top_p": ("number", 0.0, 1.0, True),
+    "repetition_penalty": ("number", 1.0, 2.0, False),
+    "frequency_penalty": ("number", -2.0, 2.0, False),
+    "presence_penalty": ("number", -2.0, 2.0, False),
+    "top_logprobs": ("integer", 0, MAX_TOP_LOGPROBS, False),
+    "seed": ("integer", 0, MAX_SEED, False),
+}
 
 
 @dataclass(frozen=True)
@@ -48,6 +65,12 @@ class GenerationSettings:
     seed: int | None = None          # None = a fresh random seed per reply
     stop: tuple[str, ...] = ()       # strings that end the reply (not part of its text)
     repetition_stop: bool = True     # end a reply that loops (repetition.py): "repetition"
+    # OpenAI's penalties over the tokens generated so far in this reply, on the logits before
+    # top-k: logit[j] -= count[j] * frequency_penalty + (count[j] > 0) * presence_penalty
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    logprobs: bool = False           # report each generated token's log-probability
+    top_logprobs: int = 0            # and this many most likely alternatives (needs logprobs)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -104,6 +127,12 @@ def _stop(value) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
 
 
+def limits() -> dict:
+    """RANGES as JSON: {field: {"type", "min", "max", "min_exclusive"}} (for the UIs)."""
+    return {f: {"type": t, "min": lo, "max": hi, "min_exclusive": lo_open}
+            for f, (t, lo, hi, lo_open) in RANGES.items()}
+
+
 def resolve(base: GenerationSettings, overrides: dict | None = None) -> GenerationSettings:
     """`base` with `overrides` applied, every override checked. Raises InvalidSetting for the
     first bad field (unknown names included); never adjusts a value."""
@@ -111,24 +140,22 @@ def resolve(base: GenerationSettings, overrides: dict | None = None) -> Generati
         return base
     checked = {}
     for field, value in overrides.items():
-        if field == "max_tokens":
-            checked[field] = _int(field, value, 1, MAX_TOKENS_LIMIT)
-        elif field == "temperature":
-            checked[field] = _float(field, value, 0.0, 2.0)
-        elif field == "top_k":
-            checked[field] = _int(field, value, 1, MAX_TOP_K)
-        elif field == "top_p":
-            checked[field] = _float(field, value, 0.0, 1.0, lo_open=True)
-        elif field == "repetition_penalty":
-            checked[field] = _float(field, value, 1.0, 2.0)
-        elif field == "seed":
-            checked[field] = None if value is None else _int(field, value, 0, MAX_SEED)
+        if field == "seed" and value is None:
+            checked[field] = None
+        elif field in RANGES:
+            kind, lo, hi, lo_open = RANGES[field]
+            checked[field] = (_int(field, value, lo, hi) if kind == "integer"
+                              else _float(field, value, lo, hi, lo_open=lo_open))
         elif field == "stop":
             checked[field] = _stop(value)
-        elif field == "repetition_stop":
+        elif field in ("repetition_stop", "logprobs"):
             if not isinstance(value, bool):
                 raise InvalidSetting(field, value, "true or false")
             checked[field] = value
         else:
             raise InvalidSetting(field, value, "one of " + ", ".join(FIELDS))
-    return replace(base, **checked)
+    out = replace(base, **checked)
+    if out.top_logprobs and not out.logprobs:
+        raise InvalidSetting("top_logprobs", out.top_logprobs,
+                             "0 unless logprobs is true (set logprobs: true to get alternatives)")
+    return out

@@ -118,12 +118,17 @@ def test_widget_on_a_third_party_page_streams_an_answer(browser, origin, host, a
         textarea.press("Enter")
         reply = page.evaluate("() => window.reply")
         bubble = page.evaluate("""() => { const b = [...document.querySelector('smol-chat').shadowRoot.querySelectorAll('.msg.assistant')].pop();
-                                   return { text: b.textContent, children: b.children.length }; }""")
+                                   const md = b.querySelector('.md');
+                                   return { raw: b.dataset.raw, text: md.textContent, copy: b.querySelectorAll('.reply-copy').length,
+                                            tags: [...md.querySelectorAll('*')].map((e) => e.tagName.toLowerCase()) }; }""")
         page.screenshot(path=str(artifacts / "widget-answer.png"))
         # The answer's quality is checked once, in test_api.py ("Paris"); here: it streamed,
         # as text, and the bubble holds exactly the reply.
         assert reply["completion_tokens"] >= 3 and reply["text"].strip(), reply
-        assert bubble["text"] == reply["text"] and bubble["children"] == 0
+        # rendered as Markdown (a sentence: one paragraph), with a Copy button for the reply
+        assert bubble["raw"] == reply["text"] and bubble["copy"] == 1, bubble
+        assert bubble["text"].strip() and all(w in reply["text"] for w in bubble["text"].split()), bubble
+        assert set(bubble["tags"]) <= {"p", "br", "strong", "em", "code", "ol", "ul", "li", "a"}, bubble
         assert page.evaluate("() => window.updates") >= 3, "the reply was not streamed piece by piece"
 
         # Host CSS did not change the widget; the widget's CSS did not leak into the host.
@@ -204,5 +209,90 @@ def test_widget_on_an_isolated_third_party_page_uses_two_threads(browser, origin
         reply = page.evaluate("() => document.querySelector('smol-chat').send('Hi')")
         assert reply["completion_tokens"] >= 1
         assert errors == []
+    finally:
+        context.close()
+
+
+WIDGET_HOSTILE = [
+    "<img src=x onerror=\"window.pwned=1\">", "<script>window.pwned=1</script>",
+    "[click](javascript:window.pwned=1)", "<svg onload=\"window.pwned=1\"></svg>",
+    "see [docs](https://example.com/docs)", "```js\nconsole.log('<b>hi</b>');\n```",
+]
+
+
+def test_widget_renders_markdown_safely_in_its_shadow_root(browser, origin, host, kit):
+    """The widget's renderer (markdown.js, the very module widget.js imported from the app's
+    origin) inside the shadow root on a third-party page: nothing hostile comes alive, links
+    are http(s) in a new tab, code is monospace with a working Copy button."""
+    host.pages["/md.html"] = f"""<!doctype html><html><head><meta charset="utf-8"><link rel="icon" href="data:,">
+<style>* {{ font-family: "Comic Sans MS", cursive !important; }}</style>
+<script type="module" src="{origin}/widget.js"></script></head>
+<body><smol-chat bundle="tiny-random" open></smol-chat></body></html>"""
+    context = browser.new_context()
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=host.url)
+    errors: list[str] = []
+    try:
+        page = kit.new_page(context, errors)
+        page.goto(host.url + "/md.html")
+        page.wait_for_function("() => customElements.get('smol-chat') && document.querySelector('smol-chat').shadowRoot")
+        r = page.evaluate("""async ([origin, cases]) => {
+          const m = await import(origin + '/markdown.js');
+          const root = document.querySelector('smol-chat').shadowRoot;
+          const out = [];
+          for (const text of cases) {
+            const box = document.createElement('div');
+            box.className = 'msg assistant';
+            const md = document.createElement('div');
+            md.className = 'md';
+            box.append(md);
+            root.querySelector('.messages').append(box);
+            m.renderInto(md, text);
+            await new Promise((r) => setTimeout(r, 50));
+            const els = [...md.querySelectorAll('*')];
+            out.push({ tags: els.map((e) => e.tagName.toLowerCase()),
+                       handlers: els.flatMap((e) => [...e.attributes].map((a) => a.name)).filter((n) => n.startsWith('on')),
+                       links: [...md.querySelectorAll('a')].map((a) => [a.getAttribute('href'), a.target, a.rel]),
+                       text: md.textContent });
+          }
+          const code = root.querySelector('.code-block code');
+          return { out, pwned: window.pwned === 1, font: getComputedStyle(code).fontFamily, code: code.textContent };
+        }""", [origin, WIDGET_HOSTILE])
+        assert r["pwned"] is False
+        for text, o in zip(WIDGET_HOSTILE, r["out"]):
+            assert not set(o["tags"]) & {"script", "img", "svg"} and o["handlers"] == [], (text, o)
+        assert r["out"][2]["links"] == [[None, "", ""]]
+        assert r["out"][4]["links"] == [["https://example.com/docs", "_blank", "noopener noreferrer"]]
+        assert "monospace" in r["font"] and "Comic" not in r["font"], r["font"]
+        page.locator("smol-chat .code-copy").click()
+        assert page.evaluate("() => navigator.clipboard.readText()").rstrip("\n") == r["code"].rstrip("\n")
+        assert r["code"].startswith("console.log('<b>hi</b>')")
+    finally:
+        context.close()
+
+
+def test_readme_embed_snippet_runs(browser, origin, host, kit):
+    """README's ten-line embed, as written (host filled in), on a third-party page: the widget
+    element is defined, and the module's reply reaches the console."""
+    from pathlib import Path
+    kit.require_bundle(kit.COMPACT)
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    snippet = text.split("<!-- test: embed -->", 1)[1].split("```html\n", 1)[1].split("```", 1)[0]
+    host.pages["/embed.html"] = ("<!doctype html><html><head><meta charset='utf-8'><link rel='icon' href='data:,'></head><body>"
+                                 + snippet.replace("https://your-smolchat-host", origin) + "</body></html>")
+    context = browser.new_context()
+    errors: list[str] = []
+    logs: list[str] = []
+    try:
+        page = kit.new_page(context, errors)
+        page.on("console", lambda m: logs.append(m.text) if m.type == "log" else None)
+        page.goto(host.url + "/embed.html")
+        page.wait_for_function("() => customElements.get('smol-chat') !== undefined")
+        assert page.locator("smol-chat .launcher").inner_text() == "Ask SmolLM2"   # opening it loads a 2nd model
+        deadline = 240
+        while not logs and deadline > 0:
+            page.wait_for_timeout(1000)
+            deadline -= 1
+        assert logs and "Paris" in logs[0], logs
+        assert errors == [], errors
     finally:
         context.close()

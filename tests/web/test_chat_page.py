@@ -5,6 +5,7 @@ threads, no foreign requests, no console errors, no tensor leaks, screenshots.""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
@@ -174,7 +175,82 @@ def test_model_output_is_text_not_html(chat):
     chat.reset()
     reply = chat.send("Repeat exactly: <b>bold</b> <img src=x onerror=alert(1)>", maxTokens=40)
     assert chat.page.locator(".msg.assistant .text b, .msg.assistant .text img").count() == 0
-    assert last_assistant_text(chat.page) == reply["text"]
+    bubble = chat.page.locator(".msg.assistant").last
+    assert bubble.get_attribute("data-raw") == reply["text"]          # Copy copies this
+    # rendered: the tags the model wrote are shown as the text it wrote
+    assert "<img src=x onerror=alert(1)>" in last_assistant_text(chat.page), last_assistant_text(chat.page)
+
+
+# Hostile Markdown rendered by what ships (/markdown.js, the page's and the widget's renderer).
+HOSTILE = [
+    "<img src=x onerror=\"window.pwned=1\">",
+    "<script>window.pwned=1</script>",
+    "[click me](javascript:window.pwned=1)",
+    "<svg onload=\"window.pwned=1\"><circle r=5></circle></svg>",
+    "<a href=\"javascript:window.pwned=1\">raw link</a>",
+    "[data](data:text/html,<script>window.pwned=1</script>)",
+    "![remote](https://images.example/x.png)",
+    "<iframe src=\"https://evil.example/\"></iframe><style>body{display:none}</style>",
+    "[relative](/index.html) and [fine](https://example.com/a?b=1)",
+    "```html\n<script>window.pwned=1</script>\n```",
+    "<details open ontoggle=\"window.pwned=1\">x</details>",
+]
+
+RENDER_ALL_JS = """async (cases) => {
+  const md = await import('/markdown.js');
+  const out = [];
+  for (const text of cases) {
+    const box = document.createElement('div');
+    document.body.append(box);
+    md.renderInto(box, text);
+    await new Promise((r) => setTimeout(r, 50));   // give onerror/onload handlers a chance
+    const els = [...box.querySelectorAll('*')];
+    out.push({
+      html: box.innerHTML, text: box.textContent,
+      tags: [...new Set(els.map((e) => e.tagName.toLowerCase()))],
+      handlers: els.flatMap((e) => [...e.attributes].map((a) => a.name)).filter((n) => n.startsWith('on')),
+      links: [...box.querySelectorAll('a')].map((a) => ({ href: a.getAttribute('href'), target: a.target, rel: a.rel })),
+    });
+    box.remove();
+  }
+  return { out, pwned: window.pwned === 1 };
+}"""
+
+
+def test_markdown_is_sanitized(chat):
+    result = chat.page.evaluate(RENDER_ALL_JS, HOSTILE)
+    assert result["pwned"] is False
+    for text, r in zip(HOSTILE, result["out"]):
+        assert not set(r["tags"]) & {"script", "img", "svg", "iframe", "style", "details", "object"}, (text, r)
+        assert r["handlers"] == [], (text, r)
+        for link in r["links"]:
+            if link["href"] is not None:
+                assert link["href"].startswith(("http://", "https://")), (text, link)
+                assert link["target"] == "_blank" and link["rel"] == "noopener noreferrer", (text, link)
+    by = dict(zip(HOSTILE, result["out"]))
+    assert "<img src=x" in by[HOSTILE[0]]["text"]                  # raw HTML shown as text
+    assert by[HOSTILE[2]]["links"] == [{"href": None, "target": "", "rel": ""}]   # text, no link
+    assert [l["href"] for l in by[HOSTILE[8]]["links"]] == [None, "https://example.com/a?b=1"]
+    assert by[HOSTILE[6]]["links"][0]["href"] == "https://images.example/x.png"   # a link, not a load
+    assert "pre" in by[HOSTILE[9]]["tags"] and "<script>" in by[HOSTILE[9]]["text"]
+
+
+def test_markdown_reply_is_rendered_with_code_copy(chat, artifacts):
+    chat.reset()
+    chat.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=chat.origin)
+    reply = chat.send("Write a Python function that adds two numbers.", maxTokens=60)
+    assert "```" in reply["text"], reply["text"]     # the model wrote a fenced block...
+    bubble = chat.page.locator(".msg.assistant").last
+    code = bubble.locator(".code-block pre code").first            # ...the page shows code
+    assert "```" not in bubble.locator(".text").text_content()
+    assert "monospace" in code.evaluate("(e) => getComputedStyle(e).fontFamily")
+    chat.page.screenshot(path=str(artifacts / "markdown-code.png"))
+    bubble.locator(".code-copy").first.click()
+    assert chat.page.evaluate("() => navigator.clipboard.readText()").rstrip("\n") == code.text_content().rstrip("\n")
+    md = chat.page.evaluate("""async () => { const m = await import('/markdown.js'); const d = document.createElement('div');
+      m.renderInto(d, '1. **one**\\n2. *two*\\n\\n| a | b |\\n|---|---|\\n| 1 | 2 |\\n\\nsee [docs](https://example.com)');
+      return [...d.querySelectorAll('*')].map((e) => e.tagName.toLowerCase()); }""")
+    assert {"ol", "li", "strong", "em", "table", "th", "td", "a"} <= set(md), md
 
 
 def test_context_full_is_shown_in_plain_words(chat):
@@ -224,3 +300,107 @@ def test_no_request_left_the_origin(chat):
 
 def test_no_console_errors(chat):
     assert chat.console_errors == []
+
+
+def test_dark_mode_follows_the_system_and_the_toggle(chat, artifacts):
+    page = chat.page
+    bg = lambda: page.evaluate("() => getComputedStyle(document.documentElement).backgroundColor")
+    try:
+        page.emulate_media(color_scheme="dark")
+        assert bg() == "rgb(17, 20, 24)"
+        page.screenshot(path=str(artifacts / "dark.png"))
+        page.emulate_media(color_scheme="light")
+        assert bg() == "rgb(246, 247, 249)"
+        page.click("#theme")                                   # auto -> dark, whatever the system
+        assert page.inner_text("#theme") == "Theme: dark" and bg() == "rgb(17, 20, 24)"
+        page.emulate_media(color_scheme="dark")
+        page.click("#theme")                                   # dark -> light
+        assert page.inner_text("#theme") == "Theme: light" and bg() == "rgb(246, 247, 249)"
+        assert page.evaluate("() => localStorage.getItem('smolchat-theme')") == "light"
+        page.click("#theme")                                   # light -> auto: the system again
+        assert page.inner_text("#theme") == "Theme: auto" and bg() == "rgb(17, 20, 24)"
+    finally:
+        page.emulate_media(color_scheme="light")
+
+
+def test_a_failed_send_keeps_the_text_and_leaves_no_bubble(chat):
+    chat.reset()
+    page = chat.page
+    history = chat.call("getConversationHistory()")
+    if page.is_hidden("#settings"):
+        page.click("#settings-toggle")
+    try:
+        # 1. Settings out of the engine's range: refused before sending.
+        page.fill("#temperature", "5")
+        page.fill("#input", "Hello there")
+        page.press("#input", "Enter")
+        page.wait_for_selector("#error:not([hidden])")
+        assert "Temperature must be a number from 0 to 2" in page.inner_text("#error-text")
+        assert page.get_attribute("#temperature", "aria-invalid") == "true"
+        assert page.input_value("#input") == "Hello there"
+        assert page.locator(".msg").count() == 0
+        # 2. Refused by the engine (prompt + max tokens past the window): same outcome.
+        page.fill("#temperature", "0")
+        page.fill("#max-tokens", "2048")
+        page.press("#input", "Enter")
+        page.wait_for_function("() => document.getElementById('error').dataset.kind === 'context_window_exceeded'")
+        page.wait_for_function("() => !window.smolchatApp.busy")
+        assert page.input_value("#input") == "Hello there"
+        assert page.locator(".msg").count() == 0
+        assert chat.call("getConversationHistory()") == history
+        # 3. Fixed: it sends, and the box empties.
+        page.fill("#max-tokens", "16")
+        page.press("#input", "Enter")
+        page.wait_for_selector(".msg.assistant .meta")
+        assert page.input_value("#input") == "" and page.locator(".msg.user").count() == 1
+    finally:
+        page.fill("#temperature", "0")
+        page.fill("#max-tokens", "256")
+        page.fill("#input", "")
+        page.click("#error-close") if page.is_visible("#error-close") else None
+        page.click("#settings-toggle")
+
+
+def test_stats_row_stays_visible_after_a_long_reply(chat, artifacts):
+    chat.reset()
+    page = chat.page
+    page.set_viewport_size({"width": 1000, "height": 600})
+    try:
+        page.fill("#input", LONG)
+        page.press("#input", "Enter")
+        page.wait_for_function("() => !window.smolchatApp.busy && document.querySelector('.msg.assistant .meta')",
+                               timeout=240_000)
+        page.wait_for_timeout(100)
+        box = page.evaluate("""() => { const m = document.getElementById('messages').getBoundingClientRect();
+            const r = document.querySelector('.msg.assistant .meta').getBoundingClientRect();
+            return {top: r.top, bottom: r.bottom, viewTop: m.top, viewBottom: m.bottom,
+                    scrolls: document.getElementById('messages').scrollHeight > m.height}; }""")
+        page.screenshot(path=str(artifacts / "long-reply.png"))
+        assert box["scrolls"], "the reply was too short to test scrolling"
+        assert box["viewTop"] <= box["top"] and box["bottom"] <= box["viewBottom"] + 1, box
+    finally:
+        page.set_viewport_size({"width": 1000, "height": 760})
+
+
+def test_progress_label_and_phone_placeholder(browser, origin):
+    """On a phone-sized touch screen (tiny bundle: the load, not the answers): the placeholder
+    names no keys, and every progress label is one measure (MB while downloading, else none)."""
+    tiny = Path(__file__).resolve().parents[2] / "models" / "tiny-random"
+    if not (tiny / "manifest.json").is_file():
+        pytest.fail("models/tiny-random is missing: ./build.sh bundle --source tiny-random --out models/tiny-random")
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    try:
+        page = context.new_page()
+        page.add_init_script("""window.labels = [];
+          document.addEventListener('DOMContentLoaded', () => new MutationObserver(() =>
+            window.labels.push(document.getElementById('progress-label').textContent))
+            .observe(document.getElementById('progress-label'), { childList: true, characterData: true, subtree: true }));""")
+        page.goto(f"{origin}/index.html?bundle=tiny-random")
+        page.evaluate("() => window.smolchatApp.ready")
+        placeholder = page.get_attribute("#input", "placeholder")
+        assert "Esc" not in placeholder and "Shift" not in placeholder and "Enter" not in placeholder, placeholder
+        labels = page.evaluate("() => window.labels")
+        assert any("MB" in l for l in labels) and any(l.startswith("Step 4 of 4") for l in labels), labels
+        assert not [l for l in labels if "%" in l], labels
+    finally:
+        context.close()

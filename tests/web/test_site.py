@@ -18,12 +18,14 @@ def head(url: str):
 
 def test_site_has_everything_from_our_origin(site):
     info = json.loads((site / "site.json").read_text())
-    assert info["versions"] == {"pyodide": "314.0.7", "ort": "1.30.0", "tokenizers": "0.2.0"}
+    assert info["versions"] == {"pyodide": "314.0.7", "ort": "1.30.0", "tokenizers": "0.2.0",
+                                "marked": "18.2.1", "dompurify": "3.5.0"}
     for path in ["index.html", "smolchat.js", "protocol.js", "worker.js", "app.js", "app.css",
                  "vendor/pyodide/pyodide.mjs", "vendor/pyodide/pyodide.asm.wasm",
                  "vendor/pyodide/python_stdlib.zip", "vendor/pyodide/pyodide-lock.json",
                  "vendor/ort/ort.wasm.min.mjs", "vendor/ort/ort-wasm-simd-threaded.wasm",
-                 "vendor/tokenizers/tokenizers.min.mjs", info["wheel"]]:
+                 "vendor/tokenizers/tokenizers.min.mjs", "markdown.js", "vendor/marked/marked.esm.js",
+                 "vendor/dompurify/purify.es.mjs", info["wheel"]]:
         assert (site / path).is_file(), path
     # Only the WASM variant we run is shipped (no jsep/jspi/asyncify/webgpu builds).
     assert sorted(p.name for p in (site / "vendor/ort").iterdir()) == [
@@ -91,6 +93,41 @@ def test_topk_and_repetition_penalty_in_js(error_page):
     assert r["penal"] == [[3, 5, 2], [5, 4, 3]]          # id 1: 5/2 = 2.5 drops below 3; id 4: -2*2
     assert r["big"] == sorted(range(300), key=lambda i: (-((i * 7919) % 301), i))[:3]
     assert r["lastRow"] == [[1], [2]]                    # logits [1, s, vocab]: last position
+
+
+def test_penalties_and_logsumexp_in_js_equal_numpy(error_page):
+    """ort_glue.js topK with OpenAI's penalties and the vocabulary-wide log-sum-exp against the
+    CPython backend's numpy code (OnnxBackend.candidates) on the same float32 logits."""
+    import numpy as np
+    from smolchat.backend_onnx import OnnxBackend
+    page, _ = error_page
+    rng = np.random.default_rng(7)
+    row = (rng.standard_normal(49152) * 4).astype(np.float32)
+    row[[10, 11, 12]] = row.max() + np.float32(0.5)             # penalized ids near the top
+    count_ids, counts = [10, 11, 400, 12], [3, 1, 2, 1]
+    backend = OnnxBackend.__new__(OnnxBackend)                  # candidates() needs only logits
+    backend._logits = row
+    for k, rep, f, p in ((1, 1.0, 0.5, 0.25), (40, 1.3, 0.5, 0.25), (120, 1.0, -0.7, 1.5), (5, 1.0, 0.0, 0.0)):
+        want = backend.candidates(k, rep, [10, 400, 7], count_ids=count_ids, counts=counts,
+                                  frequency_penalty=f, presence_penalty=p, logsumexp=True)
+        got = page.evaluate("""async ([row, k, rep, f, p, cids, cs]) => {
+            const g = await import('/ort_glue.js');
+            return g.topK({ dims: [1, 1, row.length], data: Float32Array.from(row) }, k, rep, [10, 400, 7], cids, cs, f, p, true);
+        }""", [row.tolist(), k, rep, f, p, count_ids, counts])
+        assert got[0] == want[0], (k, rep, f, p)                # the same ids, in the same order
+        assert got[1] == want[1], (k, rep, f, p)                # the same float32 values
+        assert got[2] == pytest.approx(want[2], abs=1e-9)       # sums in another order
+    plain = backend.candidates(3)
+    assert len(plain) == 2 and plain[0][0] in (10, 11, 12)
+
+
+def test_build_sh_help_prints_usage():
+    import subprocess
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([str(root / "build.sh"), "help"], capture_output=True, text=True, check=True).stdout
+    assert "./build.sh serve" in out and "./build.sh test" in out
+    assert "set -e" not in out and "ROOT=" not in out and "#" not in out
 
 
 def test_rebuild_removes_what_no_source_gives(tmp_path):

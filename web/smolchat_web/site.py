@@ -8,6 +8,7 @@
       vendor/ort/                        ONNX Runtime Web, WASM EP only (ort.wasm.min.mjs +
                                          ort-wasm-simd-threaded.{mjs,wasm})
       vendor/tokenizers/                 @huggingface/tokenizers ES module
+      vendor/marked/, vendor/dompurify/  Markdown parser and HTML sanitizer ES modules (markdown.js)
       wheels/smolchat-*.whl              `pip wheel --no-deps py_runtime`; Pyodide's
                                          loadPackage(<absolute url>) installs it (no micropip)
       models/<bundle-id>/                symlinks to models/<bundle-id>/ (every built bundle)
@@ -46,9 +47,12 @@ VENDOR = {
     "vendor/ort": ("onnxruntime-web/dist", ["ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs",
                                             "ort-wasm-simd-threaded.wasm"]),
     "vendor/tokenizers": ("@huggingface/tokenizers/dist", ["tokenizers.min.mjs"]),
+    "vendor/marked": ("marked/lib", ["marked.esm.js"]),
+    "vendor/dompurify": ("dompurify/dist", ["purify.es.mjs"]),
 }
 NPM_PACKAGES = {"pyodide": "pyodide", "ort": "onnxruntime-web",
-                "tokenizers": "@huggingface/tokenizers"}
+                "tokenizers": "@huggingface/tokenizers", "marked": "marked",
+                "dompurify": "dompurify"}
 
 
 class SiteError(RuntimeError):

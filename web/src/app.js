@@ -1,5 +1,11 @@
-// The chat page (index.html) on top of the JS API (smolchat.js). Model output is only ever
-// inserted with textContent, never as HTML.
+// The chat page (index.html) on top of the JS API (smolchat.js). Replies are rendered as
+// Markdown through markdown.js (marked -> DOMPurify allow-list): model text never becomes live
+// HTML or script; user messages are inserted as text.
+//
+// Theme: follows prefers-color-scheme; the Theme button cycles auto -> dark -> light (kept in
+// localStorage, set as <html data-theme>). Settings are checked against the engine's own ranges
+// (info().limits) before a message is sent; a message that fails to send leaves no bubble and
+// goes back into the input box.
 //
 // URL parameters: ?bundle=<bundle id | URL> (default: site.json default_bundle),
 // ?threads=<n>. window.smolchatApp exposes {ready, bot, send, stop} for headless drivers.
@@ -7,6 +13,10 @@
 // What this module ignores: the worker, Python and ONNX Runtime (all behind SmolChat).
 
 import { SmolChat } from './smolchat.js';
+import { replyView, renderInto, copyText, adoptMarkdownCss } from './markdown.js';
+import { STAGES } from './protocol.js';
+
+adoptMarkdownCss(document);
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -16,17 +26,19 @@ const ui = {
   temperature: $('temperature'), maxTokens: $('max-tokens'), error: $('error'),
   errorText: $('error-text'), errorClose: $('error-close'), messages: $('messages'),
   empty: $('empty'), composer: $('composer'), input: $('input'), send: $('send'),
-  stop: $('stop'), clear: $('clear'),
+  stop: $('stop'), clear: $('clear'), theme: $('theme'),
 };
 
 const STAGE_LABELS = {
   download: 'Downloading the model', python: 'Starting Python', compile: 'Compiling the model',
   warmup: 'Warming up',
 };
+const STAGE_ORDER = STAGES.map((s) => s.stage);
 
 let bot = null;
 let busy = false;
 let controller = null;
+let limits = {};   // the engine's setting ranges (info().limits: settings.py RANGES)
 
 // ---- errors in plain words -------------------------------------------------------------------
 function plainWords(e) {
@@ -62,13 +74,22 @@ function showError(e) {
 function hideError() { ui.error.hidden = true; ui.errorText.textContent = ''; }
 
 // ---- loading ---------------------------------------------------------------------------------
+// The bar shows the whole load (percent); the label names the step and, while downloading,
+// the bytes: one measure each, never a percent of one thing beside the MB of another.
+function progressLabel(stage, loaded, total) {
+  const step = STAGE_ORDER.indexOf(stage);
+  const head = `${step >= 0 ? `Step ${step + 1} of ${STAGE_ORDER.length}: ` : ''}${STAGE_LABELS[stage] || stage}`;
+  if (stage === 'download' && total) return `${head} (${(loaded / 1048576).toFixed(1)} of ${(total / 1048576).toFixed(1)} MB)`;
+  return `${head}…`;
+}
+
 function setProgress({ stage, percent, loaded, total }) {
   const pct = Math.round(percent);
   ui.progress.hidden = false;
   ui.progressFill.style.width = `${pct}%`;
   ui.progress.setAttribute('aria-valuenow', String(pct));
-  let label = `${STAGE_LABELS[stage] || stage}… ${pct}%`;
-  if (stage === 'download' && total) label = `${STAGE_LABELS.download}: ${(loaded / 1048576).toFixed(1)} / ${(total / 1048576).toFixed(1)} MB · ${pct}%`;
+  const label = progressLabel(stage, loaded, total);
+  ui.progress.setAttribute('aria-valuetext', label);
   ui.progressLabel.textContent = label;
   ui.progress.dataset.stage = stage;
 }
@@ -102,6 +123,12 @@ async function load() {
     ui.temperature.value = String(info.defaults.temperature);
     ui.maxTokens.value = String(info.defaults.max_tokens);
   }
+  limits = info.limits || {};
+  if (limits.temperature) { ui.temperature.min = limits.temperature.min; ui.temperature.max = limits.temperature.max; }
+  if (limits.max_tokens) {
+    ui.maxTokens.min = limits.max_tokens.min;
+    ui.maxTokens.max = Math.min(limits.max_tokens.max, info.context_window || Infinity);
+  }
   ui.progress.hidden = true;
   ui.status.textContent = `Ready · ${info.bundle_id || 'model'} · ${info.threads} thread${info.threads === 1 ? '' : 's'}` +
     `${info.cross_origin_isolated ? '' : ' (not cross-origin isolated)'} · loaded in ${(info.load_ms / 1000).toFixed(1)} s`;
@@ -121,16 +148,19 @@ function addMessage(role, text, tag) {
     t.textContent = tag;
     el.append(t);
   }
-  const body = document.createElement('p');
-  body.className = 'text';
-  body.textContent = text;
+  const body = document.createElement(role === 'assistant' ? 'div' : 'p');
+  body.className = role === 'assistant' ? 'text md' : 'text';
+  if (role === 'assistant') renderInto(body, text); else body.textContent = text;
   el.append(body);
   ui.messages.append(el);
-  el.scrollIntoView({ block: 'end' });
+  scrollToEnd();
   return el;
 }
 
+function scrollToEnd() { ui.messages.scrollTop = ui.messages.scrollHeight; }
+
 function addMeta(el, reply, stopped) {
+  el.dataset.raw = reply.text;   // what Copy copies: the reply as the model wrote it (Markdown)
   const meta = document.createElement('div');
   meta.className = 'meta';
   const facts = document.createElement('span');
@@ -141,16 +171,13 @@ function addMeta(el, reply, stopped) {
   copy.className = 'ghost copy';
   copy.textContent = 'Copy';
   copy.addEventListener('click', async () => {
-    const text = el.querySelector('.text').textContent;
-    try { await navigator.clipboard.writeText(text); } catch {
-      const ta = document.createElement('textarea');
-      ta.value = text; document.body.append(ta); ta.select(); document.execCommand('copy'); ta.remove();
-    }
+    await copyText(el.dataset.raw, copy);
     copy.textContent = 'Copied';
     setTimeout(() => { copy.textContent = 'Copy'; }, 1500);
   });
   meta.append(facts, copy);
   el.append(meta);
+  scrollToEnd();   // after the row exists, so a long reply does not leave it under the input
 }
 
 function fmt(x) { return typeof x === 'number' && Number.isFinite(x) && x > 0 ? x.toFixed(1) : '–'; }
@@ -161,13 +188,35 @@ function showTimings(reply) {
     `${reply.prompt_tokens} prompt + ${reply.completion_tokens} new tokens · ${reply.finish_reason}`;
 }
 
+// Settings from the form, checked against the engine's ranges: -> {settings} or {error}.
 // The fields start empty and show the engine's defaults once loaded; an empty field sends
 // nothing, so the engine's default applies (no second copy of the defaults here).
+function checkField(input, name, label, integer) {
+  if (input.value.trim() === '') {
+    input.setAttribute('aria-invalid', 'false');
+    return { value: undefined };
+  }
+  const range = limits[name];
+  const value = Number(input.value);
+  const max = name === 'max_tokens' ? Number(input.max) || (range && range.max) : range && range.max;
+  const bad = !Number.isFinite(value) || (integer && !Number.isInteger(value))
+    || (range && (range.min_exclusive ? value <= range.min : value < range.min)) || (max !== undefined && value > max);
+  input.setAttribute('aria-invalid', String(Boolean(bad)));
+  if (!bad) return { value };
+  const what = integer ? 'a whole number' : 'a number';
+  const span = range ? ` from ${range.min} to ${max}` : '';
+  return { error: `${label} must be ${what}${span} (it is "${input.value}").` };
+}
+
 function settings() {
+  const t = checkField(ui.temperature, 'temperature', 'Temperature', false);
+  const m = checkField(ui.maxTokens, 'max_tokens', 'Max tokens', true);
+  const error = t.error || m.error;
+  if (error) return { error };
   const s = {};
-  if (ui.temperature.value !== '') s.temperature = Number(ui.temperature.value);
-  if (ui.maxTokens.value !== '') s.maxTokens = Math.round(Number(ui.maxTokens.value));
-  return s;
+  if (t.value !== undefined) s.temperature = t.value;
+  if (m.value !== undefined) s.maxTokens = m.value;
+  return { settings: s };
 }
 
 // Send one message; resolves to the reply (or the partial reply when stopped).
@@ -176,31 +225,51 @@ async function send(text, overrides = {}) {
   text = text.trim();
   if (!text) return null;
   hideError();
+  const form = settings();
+  if (form.error) {   // nothing was sent: no bubble, the text stays where it was
+    showError({ kind: 'invalid_setting', message: form.error });
+    ui.settings.hidden = false;   // show the field that is wrong
+    ui.settingsToggle.setAttribute('aria-expanded', 'true');
+    return { error: { kind: 'invalid_setting', message: form.error } };
+  }
   const mode = overrides.mode || ui.mode.value;
   busy = true;
   setReadyUI(true);
-  addMessage('user', text, mode === 'instruct' ? 'instruct' : '');
+  const asked = addMessage('user', text, mode === 'instruct' ? 'instruct' : '');
   const out = addMessage('assistant', '');
   out.classList.add('streaming');
   const body = out.querySelector('.text');
+  const view = replyView(body);
+  let shown = '';
   controller = new AbortController();
   let reply = null;
   try {
-    const opts = { ...settings(), ...overrides.settings, signal: controller.signal,
-      onToken: (piece) => { body.textContent += piece; out.scrollIntoView({ block: 'end' }); } };
+    const opts = { ...form.settings, ...overrides.settings, signal: controller.signal,
+      onToken: (piece) => {
+        shown += piece;
+        view.update(shown);
+        requestAnimationFrame(scrollToEnd);
+      } };
     reply = await (mode === 'instruct' ? bot.instruct(text, opts) : bot.chat(text, opts));
-    body.textContent = reply.text;
+    view.finish(reply.text);
     addMeta(out, reply, false);
     showTimings(reply);
   } catch (e) {
     if (e.name === 'AbortError' && e.reply) {
       reply = e.reply;
+      view.finish(reply.text);
       addMeta(out, reply, true);
       showTimings(reply);
     } else {
-      if (!body.textContent) out.remove();
+      // The engine keeps no half exchange after an error: neither does the page. The message
+      // goes back into the input box (unless something new was typed meanwhile).
+      view.finish('');
+      out.remove();
+      asked.remove();
+      if (!ui.messages.querySelector('.msg')) ui.empty.hidden = false;
+      if (!ui.input.value.trim()) ui.input.value = text;
       showError(e);
-      reply = { error: e.toJSON ? e.toJSON() : { message: String(e) } };
+      reply = { error: e.toJSON ? e.toJSON() : { kind: e.kind, message: String(e.message || e) } };
     }
   } finally {
     out.classList.remove('streaming');
@@ -223,6 +292,7 @@ ui.composer.addEventListener('submit', (event) => {
   event.preventDefault();
   const text = ui.input.value;
   if (!text.trim() || busy) return;
+  if (settings().error) { send(text); return; }   // shows why; the text stays in the box
   ui.input.value = '';
   send(text);
 });
@@ -250,6 +320,32 @@ ui.settingsToggle.addEventListener('click', () => {
   ui.settingsToggle.setAttribute('aria-expanded', String(!ui.settings.hidden));
 });
 ui.errorClose.addEventListener('click', hideError);
+for (const input of [ui.temperature, ui.maxTokens]) input.addEventListener('input', () => input.removeAttribute('aria-invalid'));
+
+// ---- theme and placeholder -------------------------------------------------------------------
+const THEMES = ['auto', 'dark', 'light'];
+function applyTheme(theme) {
+  if (theme === 'auto') delete document.documentElement.dataset.theme;
+  else document.documentElement.dataset.theme = theme;
+  ui.theme.textContent = `Theme: ${theme}`;
+  ui.theme.dataset.theme = theme;
+}
+function storedTheme() { try { return localStorage.getItem('smolchat-theme'); } catch { return null; } }
+applyTheme(THEMES.includes(storedTheme()) ? storedTheme() : 'auto');
+ui.theme.addEventListener('click', () => {
+  const next = THEMES[(THEMES.indexOf(ui.theme.dataset.theme) + 1) % THEMES.length];
+  applyTheme(next);
+  try { localStorage.setItem('smolchat-theme', next); } catch { /* private mode: not kept */ }
+});
+
+// Keyboard hints only where there is a keyboard (not on a phone).
+const touch = matchMedia('(pointer: coarse), (max-width: 560px)');
+function setPlaceholder() {
+  ui.input.placeholder = touch.matches ? 'Message SmolChat'
+    : 'Message SmolChat (Enter sends, Shift+Enter new line, Esc stops)';
+}
+setPlaceholder();
+touch.addEventListener('change', setPlaceholder);
 
 const ready = load().catch((e) => {
   ui.progress.hidden = true;

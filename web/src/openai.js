@@ -18,9 +18,16 @@
 //
 // Body fields: messages, model (any string, ignored: an instance runs one model; responses
 // name the bundle id), stream, stream_options {include_usage}, n (only 1), max_tokens /
-// max_completion_tokens, temperature, top_p, stop, seed, plus top_k and repetition_penalty
+// max_completion_tokens, temperature, top_p, stop, seed, frequency_penalty, presence_penalty
+// (OpenAI's definitions, over the tokens generated so far), logprobs, top_logprobs (0-20),
+// user (ignored), response_format (only {type: 'text'}), plus top_k and repetition_penalty
 // (WebLLM has them too). null means "not set". Any other field is an InvalidSetting error;
 // value ranges are checked by the engine (InvalidSetting names the field and its range).
+// logprobs: choices[0].logprobs = {content: [{token, logprob, bytes, token_id, top_logprobs}]}
+// (log-softmax over the whole vocabulary of the logits after the penalties, before
+// temperature/top-k/top-p); when streaming, all of them come on the finishing chunk.
+// usage.extra: WebLLM's names (time_to_first_token_s, decode_tokens_per_s,
+// prefill_tokens_per_s, time_per_output_token_s, e2e_latency_s) and SmolChat's (ttft_ms, ...).
 //
 // finish_reason: engine 'stop' (end-of-turn token or a stop string) -> 'stop'; 'length'
 // (max_tokens) -> 'length'; 'context' (the context window filled mid-reply) -> 'length', as
@@ -49,8 +56,11 @@ import { checkField } from './options.js';
 const SETTINGS = {
   max_tokens: 'maxTokens', max_completion_tokens: 'maxTokens', temperature: 'temperature',
   top_p: 'topP', stop: 'stop', seed: 'seed', top_k: 'topK', repetition_penalty: 'repetitionPenalty',
+  frequency_penalty: 'frequencyPenalty', presence_penalty: 'presencePenalty', logprobs: 'logprobs',
+  top_logprobs: 'topLogprobs',
 };
-const FIELDS = ['messages', 'model', 'stream', 'stream_options', 'n', ...Object.keys(SETTINGS)];
+const FIELDS = ['messages', 'model', 'stream', 'stream_options', 'n', 'user', 'response_format',
+  ...Object.keys(SETTINGS)];
 
 export const FINISH_REASONS = Object.freeze({ stop: 'stop', length: 'length', context: 'length', abort: 'abort',
   repetition: 'stop' });
@@ -123,6 +133,13 @@ export function parseRequest(body) {
   }
   if (body.model != null && typeof body.model !== 'string') throw invalidSetting('model', body.model, 'a string (ignored)');
   if (body.n != null && body.n !== 1) throw invalidSetting('n', body.n, '1 (one choice per request)');
+  if (body.user != null && typeof body.user !== 'string') throw invalidSetting('user', body.user, 'a string (ignored)');
+  if (body.response_format != null) {
+    const rf = body.response_format;
+    if (!rf || typeof rf !== 'object' || rf.type !== 'text' || Object.keys(rf).length !== 1) {
+      throw invalidSetting('response_format', rf, "{type: 'text'} (JSON mode and JSON schemas are not supported)");
+    }
+  }
   if (body.stream != null && typeof body.stream !== 'boolean') throw invalidSetting('stream', body.stream, 'true or false');
   const stream = body.stream === true;
   let includeUsage = false;
@@ -149,15 +166,38 @@ function newId() {
   return 'chatcmpl-' + Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
 }
 
+// WebLLM's usage.extra names (seconds, tokens/s) beside SmolChat's own (ttft_ms, prefill_ms,
+// decode_tok_s, total_ms), which stay as aliases. Prefill counts only the prompt tokens that
+// were forwarded (not those reused from the KV cache).
+export function webllmStats(reply) {
+  const t = reply.timings || {};
+  const prefilled = Math.max(0, reply.prompt_tokens - (reply.cached_prompt_tokens || 0));
+  const decodeS = Math.max(0, (t.total_ms - t.ttft_ms) / 1000);
+  return {
+    e2e_latency_s: t.total_ms / 1000,
+    time_to_first_token_s: t.ttft_ms / 1000,
+    time_per_output_token_s: reply.completion_tokens > 1 ? decodeS / (reply.completion_tokens - 1) : 0,
+    prefill_tokens_per_s: t.prefill_ms > 0 ? prefilled / (t.prefill_ms / 1000) : 0,
+    decode_tokens_per_s: t.decode_tok_s || 0,
+  };
+}
+
 function usageOf(reply) {
   return {
     prompt_tokens: reply.prompt_tokens,
     completion_tokens: reply.completion_tokens,
     total_tokens: reply.prompt_tokens + reply.completion_tokens,
     prompt_tokens_details: { cached_tokens: reply.cached_prompt_tokens || 0 },
-    // SmolChat's timings (ms, tokens/s) and its own finish_reason (e.g. 'repetition')
-    extra: { ...reply.timings, seed: reply.seed, finish_reason: reply.finish_reason },
+    // WebLLM's names, SmolChat's timings (ms, tokens/s) and its own finish_reason (e.g. 'repetition')
+    extra: { ...webllmStats(reply), ...reply.timings, seed: reply.seed, finish_reason: reply.finish_reason },
   };
+}
+
+// The engine's Reply.logprobs -> OpenAI's choice.logprobs ({content: [...]}, or null).
+function logprobsOf(reply) {
+  if (!Array.isArray(reply.logprobs)) return null;
+  const entry = (e) => ({ token: e.token, logprob: e.logprob, bytes: e.bytes, token_id: e.token_id });
+  return { content: reply.logprobs.map((e) => ({ ...entry(e), top_logprobs: (e.top_logprobs || []).map(entry) })) };
 }
 
 function finishReason(reply) {
@@ -168,7 +208,7 @@ export function completionFromReply(reply, meta) {
   return {
     id: meta.id, object: 'chat.completion', created: meta.created, model: meta.model,
     system_fingerprint: meta.fingerprint,
-    choices: [{ index: 0, message: { role: 'assistant', content: reply.text }, logprobs: null,
+    choices: [{ index: 0, message: { role: 'assistant', content: reply.text }, logprobs: logprobsOf(reply),
                 finish_reason: finishReason(reply) }],
     usage: usageOf(reply),
   };
@@ -278,7 +318,9 @@ export function completions(bot) {
       onToken: (text) => { if (text) stream.push(chunk(m, { content: text })); },
     }).then((reply) => {
       const usage = usageOf(reply);
-      stream.push(chunk(m, {}, finishReason(reply), { usage }));
+      const last = chunk(m, {}, finishReason(reply), { usage });
+      last.choices[0].logprobs = logprobsOf(reply);   // every token's, on the finishing chunk
+      stream.push(last);
       if (req.includeUsage) stream.push({ ...chunk(m, {}), choices: [], usage });
       stream.end();
     }, (e) => stream.fail(abortWithPartial(e, m)))

@@ -13,6 +13,8 @@ export const OPTIONS = {
   maxTokens: 'max_tokens', temperature: 'temperature', topK: 'top_k', topP: 'top_p',
   repetitionPenalty: 'repetition_penalty', seed: 'seed', stop: 'stop',
   repetitionStop: 'repetition_stop',
+  frequencyPenalty: 'frequency_penalty', presencePenalty: 'presence_penalty', logprobs: 'logprobs',
+  topLogprobs: 'top_logprobs',
 };
 // engine setting -> [JS type check, the allowed text of settings.py's InvalidSetting]
 export const KINDS_OF = {
@@ -24,6 +26,10 @@ export const KINDS_OF = {
   seed: ['integer or null', 'an integer in [0, 4294967295], or null for a fresh seed'],
   stop: ['strings', 'a string or a list of at most 8 strings of 1 to 64 characters'],
   repetition_stop: ['boolean', 'true or false'],
+  frequency_penalty: ['number', 'a number in [-2.0, 2.0]'],
+  presence_penalty: ['number', 'a number in [-2.0, 2.0]'],
+  logprobs: ['boolean', 'true or false'],
+  top_logprobs: ['integer', 'an integer in [0, 20]'],
 };
 
 // A value as the caller wrote it: NaN, Infinity, 10n, "0.5", [object Object].

@@ -91,27 +91,26 @@ export function sliceKV(kv, length) {
 }
 
 // Top-k (ids, logits) of the last position, best first, ties to the lower id, after the
-// HF repetition penalty on penaltyIds (positive logits / penalty, negative * penalty).
+// HF repetition penalty on penaltyIds (positive logits / penalty, negative * penalty), then
+// OpenAI's penalties on countIds (tokens generated so far, counts[i] times each):
+// logit - count * frequency - (count > 0) * presence, in float64 rounded to float32 (as numpy
+// does it in the CPython backend). With wantLse, a third item: log(sum(exp(logit))) over the
+// whole vocabulary of the penalized logits (float64), for log-probabilities.
 // `logits`: a Float32Array row [vocab], or a tensor-like {dims: [..., vocab], data} (its last
-// row is used). Returns [ids[], values[]] (plain arrays: Python converts them in one call).
-export function topK(logits, k, penalty, penaltyIds) {
+// row is used). Returns [ids[], values[]] or [ids[], values[], lse] (plain arrays: Python
+// converts them in one call).
+export function topK(logits, k, penalty, penaltyIds, countIds = null, counts = null,
+                     frequency = 0, presence = 0, wantLse = false) {
   let row = logits;
   if (logits.dims) {
-    const vocab = logits.dims[logits.dims.length - 1];
-    row = logits.data.subarray(logits.data.length - vocab);
+    const v = logits.dims[logits.dims.length - 1];
+    row = logits.data.subarray(logits.data.length - v);
   }
   const vocab = row.length;
-  let adjusted = null;
-  if (penaltyIds && penalty !== 1) {
-    adjusted = new Map();
-    const p32 = Math.fround(penalty);
-    for (const id of penaltyIds) {
-      const v = row[id];
-      // float32 arithmetic, as numpy does it in the CPython backend (same ids on ties)
-      adjusted.set(id, v > 0 ? Math.fround(v / p32) : Math.fround(v * p32));
-    }
-  }
+  const adjusted = penalized(row, penalty, penaltyIds, countIds, counts, frequency, presence);
   const value = (i) => (adjusted && adjusted.has(i) ? adjusted.get(i) : row[i]);
+  const lse = wantLse ? logSumExp(row, adjusted) : null;
+  const done = (ids, vals) => (wantLse ? [ids, vals, lse] : [ids, vals]);
   k = Math.max(1, Math.min(k, vocab));
   if (k <= 64) {
     const ids = [];
@@ -123,7 +122,7 @@ export function topK(logits, k, penalty, penaltyIds) {
       while (j > 0 && v > vals[j - 1]) { ids[j] = ids[j - 1]; vals[j] = vals[j - 1]; j--; }
       ids[j] = i; vals[j] = v;
     }
-    return [ids, vals];
+    return done(ids, vals);
   }
   const order = new Int32Array(vocab);
   for (let i = 0; i < vocab; i++) order[i] = i;
@@ -131,7 +130,41 @@ export function topK(logits, k, penalty, penaltyIds) {
   for (let i = 0; i < vocab; i++) vals[i] = value(i);
   order.sort((a, b) => (vals[b] - vals[a]) || (a - b));
   const top = Array.from(order.subarray(0, k));
-  return [top, top.map((i) => vals[i])];
+  return done(top, top.map((i) => vals[i]));
+}
+
+// id -> penalized float32 logit for the ids any penalty touches (null: none does).
+function penalized(row, penalty, penaltyIds, countIds, counts, frequency, presence) {
+  let adjusted = null;
+  if (penaltyIds && penalty !== 1) {
+    adjusted = new Map();
+    const p32 = Math.fround(penalty);
+    for (const id of penaltyIds) {
+      const v = row[id];
+      // float32 arithmetic, as numpy does it in the CPython backend (same ids on ties)
+      adjusted.set(id, v > 0 ? Math.fround(v / p32) : Math.fround(v * p32));
+    }
+  }
+  if (countIds && countIds.length && (frequency || presence)) {
+    adjusted = adjusted || new Map();
+    for (let i = 0; i < countIds.length; i++) {
+      const id = countIds[i];
+      const c = counts[i];
+      const v = adjusted.has(id) ? adjusted.get(id) : row[id];
+      adjusted.set(id, Math.fround(v - c * frequency - (c > 0 ? 1 : 0) * presence));
+    }
+  }
+  return adjusted;
+}
+
+// log(sum(exp(x))) over a float32 row (float64 sums), with `adjusted` values replacing the row's.
+function logSumExp(row, adjusted) {
+  const at = (i) => (adjusted && adjusted.has(i) ? adjusted.get(i) : row[i]);
+  let peak = -Infinity;
+  for (let i = 0; i < row.length; i++) { const v = at(i); if (v > peak) peak = v; }
+  let sum = 0;
+  for (let i = 0; i < row.length; i++) sum += Math.exp(at(i) - peak);
+  return peak + Math.log(sum);
 }
 
 // Plain text -> ids with no special tokens added (the engine splits special tokens out first).

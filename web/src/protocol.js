@@ -28,6 +28,8 @@ export const Request = Object.freeze({
   INFO: 'info',                           // {} -> info dict
   HEALTH: 'health',                       // {} -> health dict
   ENCODE: 'encode',                       // {text} -> [ids] (the tokenizer the engine uses)
+  DECODE: 'decode',                       // {ids} -> text (the engine's token bytes, UTF-8)
+  APPLY_CHAT_TEMPLATE: 'apply_chat_template', // {messages, addGenerationPrompt} -> [ids]
   UNLOAD: 'unload',                       // {} -> null (releases sessions and tensors)
 });
 

@@ -16,7 +16,7 @@
 import { Request, Reply, thrown } from './protocol.js';
 import { SmolChatError, makeError, abortError, networkError } from './errors.js';
 import { DEFAULT_STALL_MS } from './fetch_watch.js';
-import { completions } from './openai.js';
+import { completions, webllmStats } from './openai.js';
 import { toSettings, shown } from './options.js';
 
 export { SmolChatError };
@@ -71,6 +71,9 @@ export class SmolChat {
   #pending = new Map(); // id -> {resolve, reject, onChunk, onProgress}
   #info = null;
   #heard = false;   // a message came from the worker: its scripts loaded
+  #active = new Set();   // ids of the streaming requests running now (interruptGenerate)
+  #message = '';         // the text of the newest reply, growing while it streams (getMessage)
+  #lastReply = null;     // the newest finished reply (runtimeStatsText)
 
   constructor() {
     this.#worker = spawnWorker(new URL('./worker.js', import.meta.url));
@@ -166,8 +169,13 @@ export class SmolChat {
     const id = this.#nextId++;
     const onAbort = () => { this.#send(Request.CANCEL, { target: id }).catch(() => {}); };
     if (signal) signal.addEventListener('abort', onAbort, { once: true });
+    this.#active.add(id);
+    this.#message = '';
+    const onChunk = (text) => { this.#message += text; if (onToken) onToken(text); };
     try {
-      const reply = await this.#send(kind, { message, settings }, { onChunk: onToken, id });
+      const reply = await this.#send(kind, { message, settings }, { onChunk, id });
+      this.#lastReply = reply;
+      this.#message = reply.text;
       if (signal && signal.aborted) {
         const err = abortError(`aborted after ${reply.completion_tokens} tokens`);
         err.reply = reply; // the partial reply (finish_reason "abort")
@@ -175,6 +183,7 @@ export class SmolChat {
       }
       return reply;
     } finally {
+      this.#active.delete(id);
       if (signal) signal.removeEventListener('abort', onAbort);
     }
   }
@@ -193,7 +202,33 @@ export class SmolChat {
   clearConversation() { return this.#send(Request.CLEAR); }
   getConversationHistory() { return this.#send(Request.HISTORY); }
   setConversationHistory(messages) { return this.#send(Request.LOAD_HISTORY, { messages }); }
+  // Tokenizer, the engine's own (same ids as it feeds the model).
   encode(text) { return this.#send(Request.ENCODE, { text }); }
+  decode(ids) { return this.#send(Request.DECODE, { ids }); }
+  // messages -> prompt ids as chat() feeds them (the system prompt first when none is given).
+  applyChatTemplate(messages, { addGenerationPrompt = true } = {}) {
+    return this.#send(Request.APPLY_CHAT_TEMPLATE, { messages, addGenerationPrompt });
+  }
+
+  // WebLLM's engine method names.
+  resetChat(keepStats = false) {
+    if (!keepStats) this.#lastReply = null;
+    this.#message = '';
+    return this.clearConversation();
+  }
+  // Stop every reply running on this instance: it ends normally with finish_reason 'abort'
+  // (the streams close; nothing throws), as WebLLM's interruptGenerate does.
+  async interruptGenerate() {
+    await Promise.all([...this.#active].map((target) => this.#send(Request.CANCEL, { target }).catch(() => {})));
+  }
+  // The newest reply's text so far (while it streams) or in full.
+  async getMessage() { return this.#message; }
+  // "prefill: 123.4 tokens/s, decoding: 21.5 tokens/s" of the newest reply.
+  async runtimeStatsText() {
+    if (!this.#lastReply) return 'no reply yet';
+    const s = webllmStats(this.#lastReply);
+    return `prefill: ${s.prefill_tokens_per_s.toFixed(1)} tokens/s, decoding: ${s.decode_tokens_per_s.toFixed(1)} tokens/s`;
+  }
   info() { return this.#send(Request.INFO); }
   health() { return this.#send(Request.HEALTH); }
   // The info returned by load (load_ms, threads, ...), without a round trip.

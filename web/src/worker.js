@@ -400,12 +400,14 @@ async function handle({ kind, id, content }) {
     case Request.ENCODE:
       if (!tokenizer) throw makeError('model_not_loaded', 'the model is not loaded yet: call load() and wait for it');
       return glue.encode(tokenizer, content.text);
+    case Request.DECODE: return call('decode', [content.ids]);
+    case Request.APPLY_CHAT_TEMPLATE: return call('apply_chat_template', [content.messages, content.addGenerationPrompt !== false]);
     case Request.UNLOAD: return unload();
     default: throw makeError('invalid_input', `unknown request kind ${kind}`);
   }
 }
 
-const IMMEDIATE = new Set([Request.CANCEL, Request.INFO, Request.HEALTH, Request.ENCODE]);
+const IMMEDIATE = new Set([Request.CANCEL, Request.INFO, Request.HEALTH, Request.ENCODE, Request.DECODE]);
 // Requests that replace the conversation: they cancel the chat replies ahead of them.
 const RESETS = new Set([Request.CLEAR, Request.SET_SYSTEM_PROMPT, Request.LOAD_HISTORY]);
 
