@@ -38,7 +38,7 @@
 
 import { SmolChat } from './smolchat.js';
 import { STAGES } from './protocol.js';
-import { replyView, copyText, adoptMarkdownCss } from './markdown.js';
+import { replyView, copyButton, adoptMarkdownCss } from './markdown.js';
 
 const DEFAULT_BUNDLE = 'smollm2-135m-instruct-compact';
 
@@ -346,17 +346,7 @@ export class SmolChatElement extends HTMLElement {
   #finishBubble(bubble, view, reply) {
     view.finish(reply.text);
     bubble.dataset.raw = reply.text;
-    const copy = document.createElement('button');
-    copy.type = 'button';
-    copy.className = 'reply-copy';
-    copy.textContent = 'Copy';
-    copy.setAttribute('aria-label', 'Copy the reply');
-    copy.addEventListener('click', async () => {
-      await copyText(reply.text, copy);
-      copy.textContent = 'Copied';
-      setTimeout(() => { copy.textContent = 'Copy'; }, 1500);
-    });
-    bubble.appendChild(copy);
+    bubble.appendChild(copyButton(() => reply.text, 'reply-copy', 'Copy the reply'));
     this.#scroll();
   }
 

@@ -13,7 +13,7 @@
 // What this module ignores: the worker, Python and ONNX Runtime (all behind SmolChat).
 
 import { SmolChat } from './smolchat.js';
-import { replyView, renderInto, copyText, adoptMarkdownCss } from './markdown.js';
+import { replyView, renderInto, copyButton, adoptMarkdownCss } from './markdown.js';
 import { STAGES } from './protocol.js';
 
 adoptMarkdownCss(document);
@@ -166,16 +166,7 @@ function addMeta(el, reply, stopped) {
   const facts = document.createElement('span');
   const t = reply.timings || {};
   facts.textContent = `${reply.completion_tokens} tokens · ${fmt(t.decode_tok_s)} tok/s` + (stopped ? ' · stopped' : '');
-  const copy = document.createElement('button');
-  copy.type = 'button';
-  copy.className = 'ghost copy';
-  copy.textContent = 'Copy';
-  copy.addEventListener('click', async () => {
-    await copyText(el.dataset.raw, copy);
-    copy.textContent = 'Copied';
-    setTimeout(() => { copy.textContent = 'Copy'; }, 1500);
-  });
-  meta.append(facts, copy);
+  meta.append(facts, copyButton(() => el.dataset.raw, 'ghost copy', 'Copy the reply'));
   el.append(meta);
   scrollToEnd();   // after the row exists, so a long reply does not leave it under the input
 }

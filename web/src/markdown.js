@@ -84,21 +84,28 @@ export async function copyText(text, near) {
   }
 }
 
+// A "Copy" button (class `className`, aria-label `label`) that copies text() when clicked and
+// says "Copied" for 1.5 s.
+export function copyButton(text, className, label) {
+  const button = document.createElement('button');
+  button.type = 'button';
+  button.className = className;
+  button.textContent = 'Copy';
+  button.setAttribute('aria-label', label);
+  button.addEventListener('click', async () => {
+    await copyText(text(), button);
+    button.textContent = 'Copied';
+    setTimeout(() => { button.textContent = 'Copy'; }, 1500);
+  });
+  return button;
+}
+
 // Wrap each <pre> in <div class="code-block"> with a Copy button that copies its code.
 function addCodeChrome(fragment) {
   for (const pre of fragment.querySelectorAll('pre')) {
     const box = document.createElement('div');
     box.className = 'code-block';
-    const button = document.createElement('button');
-    button.type = 'button';
-    button.className = 'code-copy';
-    button.textContent = 'Copy';
-    button.setAttribute('aria-label', 'Copy the code');
-    button.addEventListener('click', async () => {
-      await copyText(pre.textContent, button);
-      button.textContent = 'Copied';
-      setTimeout(() => { button.textContent = 'Copy'; }, 1500);
-    });
+    const button = copyButton(() => pre.textContent, 'code-copy', 'Copy the code');
     pre.replaceWith(box);
     box.append(button, pre);
   }
