@@ -363,12 +363,17 @@ def test_logprobs_in_the_browser_equal_a_separate_log_softmax(api, kit, logprob_
         # the same logits); here the values must be the model's log-probabilities end to end.
         assert len(got) == r["completion_tokens"] and all(g <= 0 for g in got)
         assert sum(diffs) / len(diffs) < 0.1 and max(diffs) < 0.4, (got, want)
-        if f:   # and the penalties were applied: the unpenalized reference is further off
+        if f:   # and the penalties were applied: where they move the reference's log-probs
             plain = logprob_reference(kit.COMPACT, r["prompt_token_ids"], r["output_token_ids"],
                                       cached=r["cached_prompt_tokens"])
-            off = sum(abs(a - b) for a, b in zip(got, plain)) / len(got)
-            print(f"[browser logprobs] against the unpenalized reference: mean |diff| {off:.2e}")   # 0.25
-            assert off > 2 * sum(diffs) / len(diffs), (off, diffs)
+            # (tokens whose penalized and plain references differ by more than the WASM/native
+            # rounding above: there the browser must be on the penalized side)
+            moved = [i for i, (a, b) in enumerate(zip(want, plain)) if abs(a - b) > 0.2]
+            near = sum(abs(got[i] - want[i]) for i in moved) / max(len(moved), 1)
+            off = sum(abs(got[i] - plain[i]) for i in moved) / max(len(moved), 1)
+            print(f"[browser logprobs] {len(moved)} tokens the penalties move: mean |diff| to the "
+                  f"penalized reference {near:.2e}, to the plain one {off:.2e}")
+            assert moved and off > 2 * near, (moved, near, off)
         for e in r["logprobs"]:
             tops = e["top_logprobs"]
             assert len(tops) == 2 and tops[0]["token_id"] == e["token_id"] and tops[0]["logprob"] == e["logprob"]

@@ -145,15 +145,27 @@ def test_browser_runtime_scores_the_same_cases(cases_file, tmp_path, artifacts):
 
 
 @pytest.mark.browser
+def in_own_thread(fn):
+    """fn() on a thread of its own: another browser test's sync Playwright (tests/conftest.py,
+    session-scoped) keeps an event loop running on this one, where neither a second sync
+    Playwright nor asyncio.run() may start."""
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(fn).result()
+
+
 def test_page_fields_show_the_engines_defaults(site):
     """No second copy of the defaults in the page: its fields are filled from the engine's
     info().defaults, which are settings.py's GenerationSettings (tiny bundle: fast load)."""
     from smolchat.settings import GenerationSettings
     from smolchat_web.headless import PageSession
-    with PageSession(str(need(TINY)), build=False, log=lambda m: None) as s:
-        defaults = s.page.evaluate("() => window.smolchatApp.bot.loadInfo.defaults")
-        fields = s.page.evaluate("() => [document.getElementById('temperature').value,"
-                                 " document.getElementById('max-tokens').value]")
+
+    def read():
+        with PageSession(str(need(TINY)), build=False, log=lambda m: None) as s:
+            return (s.page.evaluate("() => window.smolchatApp.bot.loadInfo.defaults"),
+                    s.page.evaluate("() => [document.getElementById('temperature').value,"
+                                    " document.getElementById('max-tokens').value]"))
+    defaults, fields = in_own_thread(read)
     assert defaults == GenerationSettings().to_dict()
     assert fields == [str(GenerationSettings().temperature), str(GenerationSettings().max_tokens)]
 
@@ -177,5 +189,6 @@ def test_suite_pass_rate_for_the_build(tmp_path):
     path = tmp_path / "cases.jsonl"
     path.write_text(json.dumps({"id": "runs", "turns": ["Hi"], "max_words": 10_000}) + "\n"
                     + json.dumps({"id": "never", "turns": ["Hi"], "min_words": 10_000}) + "\n")
-    got = evals.suite_pass_rate(need(TINY), {"temperature": 0, "max_tokens": 8}, cases_path=path)
+    got = in_own_thread(lambda: evals.suite_pass_rate(need(TINY), {"temperature": 0, "max_tokens": 8},
+                                                      cases_path=path))
     assert got == {"pass_rate": 0.5, "passed": 1, "total": 2}

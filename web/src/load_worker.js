@@ -9,7 +9,8 @@
 // here: it, the KV tensors and ort_glue.js stay in the Pyodide worker (no per-token hop).
 //
 // Messages in:  {bundleUrl, cache, stallTimeoutMs}
-// Messages out: {type: 'progress', stage: 'download' | 'expand', loaded, total}
+// Messages out: {type: 'started'} (once, as soon as this module runs)
+//               {type: 'progress', stage: 'download' | 'expand', loaded, total}
 //               {type: 'mark', name, start, end, origin}  (ms: this worker's performance.now(), its timeOrigin)
 //               {type: 'done', bundle: {manifest, texts, graph, data, total, cache}}
 //               {type: 'error', error: <SmolChatError wire form>}
@@ -27,6 +28,8 @@ import { installFetchWatch, beginLoad, loadFault } from './fetch_watch.js';
 installFetchWatch(self, { site: new URL('./', import.meta.url).href });
 
 const post = (msg, transfer = []) => self.postMessage(msg, transfer);
+
+post({ type: 'started' });   // worker.js waits for this before it boots Python (its thread)
 
 function mark(name, start) {
   const end = performance.now();

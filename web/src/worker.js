@@ -140,9 +140,11 @@ function spawnHelper(url) {
 // expandParts) in place of `form`.
 // Progress and stage marks come through as they happen; a failure there, or the helper's
 // script failing to start, rejects with a typed error.
-// -> {bundle: Promise, terminate()}.
+// -> {bundle: Promise, started: Promise (the helper's scripts ran), terminate()}.
 function bundleFromHelper(url, cache, stallTimeoutMs, onProgress, onMark) {
   let helper = null;
+  let onStarted = () => {};
+  const started = new Promise((resolve) => { onStarted = resolve; });
   const bundle = new Promise((resolve, reject) => {
     try {
       helper = spawnHelper(new URL(here('./load_worker.js')));
@@ -152,7 +154,8 @@ function bundleFromHelper(url, cache, stallTimeoutMs, onProgress, onMark) {
     }
     const end = (fn, value) => { helper.terminate(); fn(value); };
     helper.onmessage = ({ data: m }) => {
-      if (m.type === 'progress') onProgress(m);
+      if (m.type === 'started') onStarted();
+      else if (m.type === 'progress') onProgress(m);
       else if (m.type === 'mark') onMark(m.name, m.start, m.end, m.origin);
       else if (m.type === 'done') end(resolve, m.bundle);
       else if (m.type === 'error') end(reject, errorFromWire(m.error));
@@ -165,7 +168,7 @@ function bundleFromHelper(url, cache, stallTimeoutMs, onProgress, onMark) {
     helper.onmessageerror = () => end(reject, makeError('internal', 'the load helper worker sent an unreadable message'));
     helper.postMessage({ bundleUrl: url, cache, stallTimeoutMs });
   });
-  return { bundle, terminate: () => helper && helper.terminate() };
+  return { bundle, started, terminate: () => helper && helper.terminate() };
 }
 
 async function load(id, content) {
@@ -264,6 +267,10 @@ async function loadModel(id, { bundleUrl, threads, systemPrompt, contextWindow, 
     mark(name, start + shift, end + shift);
   });
   helper.bundle.catch(() => {});
+  // Chromium loads a nested worker's scripts through this worker's thread: let the helper start
+  // before Python's boot holds the thread for a second or more (else the read waits for it)
+  await Promise.race([helper.started, helper.bundle.catch(() => {}),
+                      new Promise((resolve) => setTimeout(resolve, 2000))]);
   let pyodide, pythonSnapshot;
   try {
     ({ pyodide, host, snapshot: pythonSnapshot } = await bootPython(
