@@ -18,6 +18,7 @@ from .site import DIST, SiteError, build_site
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .evaluate import add_arguments, add_setting_flags
     p = argparse.ArgumentParser(prog="smolchat_web", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -36,18 +37,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="browser only here; `python -m smolchat ask` is the Python runtime")
     s.add_argument("--system", default=None)
     s.add_argument("--mode", default="chat", choices=["chat", "instruct", "generate"])
-    s.add_argument("--max-tokens", type=int, default=None)
-    s.add_argument("--temperature", type=float, default=None)
-    s.add_argument("--top-k", type=int, default=None)
-    s.add_argument("--top-p", type=float, default=None)
-    s.add_argument("--repetition-penalty", type=float, default=None)
-    s.add_argument("--seed", type=int, default=None)
+    add_setting_flags(s)
     s.add_argument("--json", action="store_true", help="print the result as JSON")
     s.add_argument("--bundle", default="compact", help="compact, exact, a bundle id or a folder")
     s.add_argument("--threads", type=int, default=None)
 
     s = sub.add_parser("eval", help="score a JSONL case file on a bundle (or two, side by side)")
-    from .evaluate import add_arguments
     add_arguments(s)
 
     a = p.parse_args(argv)

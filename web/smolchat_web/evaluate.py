@@ -100,6 +100,16 @@ def main(a, log) -> int:
     return 0
 
 
+def add_setting_flags(s) -> None:
+    """The generation settings every command takes (`ask` too): unset = the engine's default."""
+    s.add_argument("--max-tokens", type=int, default=None)
+    s.add_argument("--temperature", type=float, default=None)
+    s.add_argument("--top-k", type=int, default=None)
+    s.add_argument("--top-p", type=float, default=None)
+    s.add_argument("--repetition-penalty", type=float, default=None)
+    s.add_argument("--seed", type=int, default=None)
+
+
 def add_arguments(s) -> None:
     s.add_argument("file", help="cases, JSON Lines (format: README, 'Evals')")
     s.add_argument("--bundle", default="compact", help="compact, exact, a bundle id or a folder")
@@ -110,11 +120,6 @@ def add_arguments(s) -> None:
     s.add_argument("--min-pass-rate", type=float, default=None, metavar="X",
                    help="exit 1 when the (first) bundle's pass rate is under X (0..1)")
     s.add_argument("--threads", type=int, default=None)
-    s.add_argument("--max-tokens", type=int, default=None)
-    s.add_argument("--temperature", type=float, default=None)
-    s.add_argument("--top-k", type=int, default=None)
-    s.add_argument("--top-p", type=float, default=None)
-    s.add_argument("--repetition-penalty", type=float, default=None)
-    s.add_argument("--seed", type=int, default=None)
+    add_setting_flags(s)
     s.add_argument("--no-repetition-stop", action="store_true",
                    help="let looping replies run to max_tokens (finish_reason length)")
