@@ -64,6 +64,9 @@ export interface LoadOptions {
   /** false: keep the KV cache in JS tensors through ORT's public session.run (default true:
    * in ORT's wasm heap, run through its own entry points; used where available) */
   heapKV?: boolean;
+  /** false: ONNX Runtime computes the compact bundle's LM head (default true: our WebAssembly
+   * SIMD kernel, web/kernels/lm_head.c, the same logits bit for bit, ~4x faster) */
+  lmHead?: boolean;
   /** Origins (or '*') a bundleUrl may come from besides the page's and SmolChat's own;
    *  another origin is an InvalidSetting error. Widget: allowed-origins="https://a https://b". */
   allowedOrigins?: string[] | '*';
@@ -175,6 +178,12 @@ export interface Info {
   kv_cache: 'wasm-heap' | 'js-tensors';
   /** why the KV cache is not in the wasm heap; null when it is */
   kv_cache_note: string | null;
+  /** 'kernel': the compact bundle's LM head runs in web/kernels/lm_head.c (WebAssembly SIMD,
+   * the same logits as ORT's bit for bit); 'ort': ONNX Runtime computes it */
+  lm_head: 'kernel' | 'ort';
+  /** why ORT computes the LM head (the exact bundle's is float32; lmHead: false; ...); null
+   * when the kernel does */
+  lm_head_note: string | null;
   context_window: number;
   system_prompt: string | null;
   load_ms: number;

@@ -20,7 +20,11 @@ CPU operators (the WASM backend is the CPU execution provider compiled to WebAss
   were rotated by when model.data was made (`rotate`);
 * SiLU: QuickGelu with alpha 1 (x * sigmoid(x), the fusion ORT's 'extended' level makes);
 * ONE embedding table, stored [hidden, vocab], for the input Gather (axis=1) and the LM head;
-* `last_position` Slice before the LM head: logits [1, 1, vocab];
+* `last_position` Slice before the LM head: logits [1, 1, vocab]; compact: the head's four
+  nodes are named `lm_head/...` and the tensors they read (codes, token scale, float features)
+  are graph outputs too, so the browser drops the nodes and computes the head itself
+  (web/kernels/lm_head.c, bit for bit the same logits; ORT runs every node of a graph
+  whatever outputs are asked for, so the nodes must go from the graph it loads);
 * one initializer per distinct constant value (`_G.const`).
 
 About 2,850 top-level nodes for 30 layers (2,500 before the rotation, 1,300 before the float
@@ -51,7 +55,7 @@ from onnx import TensorProto, helper, numpy_helper
 from . import BuildError
 from .encode import rotation_block
 from .export import ExtTensor
-from smolchat.runtime_form import LAST_POSITION_NODE
+from smolchat.runtime_form import LAST_POSITION_NODE, LM_HEAD_INPUTS, LM_HEAD_PREFIX
 
 MS = "com.microsoft"
 OPSET = 18
@@ -324,13 +328,37 @@ def runtime_graph(model, tensors: dict, preset: str, float_feats: dict | None = 
                           g.const("k_last_end", np.array([2 ** 62], np.int64)),
                           g.const("k_last_axes", np.array([1], np.int64))])
     g.nodes[-1].name = LAST_POSITION_NODE
+    n_head = len(g.nodes)
     linear(last, emb, out="logits")
+    extra = []
+    if compact:  # the head's nodes named, the tensors they read from the rest exposed
+        new = g.nodes[n_head:]   # quant(last) and the head
+        mm = next(n for n in new if n.op_type == "MatMulIntegerToFloat")
+        mul = next(n for n in new if n.op_type == "Mul" and mm.output[0] in n.input)
+        fm = [n for n in new if n.op_type == "MatMul" and n.input[1] == emb[2]]
+        head = [mm, mul, *fm, *[n for n in new if n.op_type == "Add" and "logits" in n.output]]
+        sources = {mm.input[0]: LM_HEAD_INPUTS[0],
+                   next(x for x in mul.input if x != mm.output[0]): LM_HEAD_INPUTS[1]}
+        if fm:
+            sources[fm[0].input[0]] = LM_HEAD_INPUTS[2]
+        for n in g.nodes:   # rename the three tensors everywhere
+            for lst in (n.input, n.output):
+                for j, x in enumerate(lst):
+                    if x in sources:
+                        lst[j] = sources[x]
+        for j, n in enumerate(head):
+            n.name = f"{LM_HEAD_PREFIX}{n.op_type}_{j}"
+        extra = [helper.make_tensor_value_info(LM_HEAD_INPUTS[0], TensorProto.UINT8, [1, "lm_positions", H]),
+                 helper.make_tensor_value_info(LM_HEAD_INPUTS[1], TensorProto.FLOAT, [1, "lm_positions", 1])]
+        if fm:
+            extra.append(helper.make_tensor_value_info(LM_HEAD_INPUTS[2], TensorProto.FLOAT,
+                                                       [1, "lm_positions", len(emb[3])]))
 
     f32, i64 = TensorProto.FLOAT, TensorProto.INT64
     inputs = [helper.make_tensor_value_info("input_ids", i64, [1, "sequence_length"]),
               helper.make_tensor_value_info("attention_mask", i64, [1, "total_sequence_length"]),
               helper.make_tensor_value_info("position_ids", i64, [1, "sequence_length"])]
-    outputs = [helper.make_tensor_value_info("logits", f32, [1, 1, V])]
+    outputs = [helper.make_tensor_value_info("logits", f32, [1, 1, V]), *extra]
     for i in range(L):
         for kv in ("key", "value"):
             inputs.append(helper.make_tensor_value_info(

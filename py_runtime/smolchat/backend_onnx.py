@@ -61,7 +61,8 @@ class OnnxBackend:
         if missing or "logits" not in outputs:
             raise KVCacheMismatch(f"the graph lacks outputs {missing or ['logits']}: rebuild "
                                   "the bundle with ./build.sh bundle")
-        self._output_names = outputs
+        # logits and the KV cache (a compact graph's lm_head.* outputs are the browser's)
+        self._output_names = ["logits", *self._present_of]
         self._uses = {n: n in inputs for n in ("attention_mask", "position_ids")}
         first = inputs[self._past_names[0]]
         cfg = self.config

@@ -11,8 +11,8 @@ imports in plain CPython: tests drive WorkerHost there over the fake backend
   ort.Tensors. A step is one call, `await runner.forward(ids)`, which returns the positions now
   cached; this module checks that against its own count. Vocabulary-wide work (top-k,
   repetition penalty, tokenization) happens in JS; Python sees k ids and logits.
-  `runner.runMs` times the runs with performance.now() (`ort_run_ms`, for the engine's decode
-  profile).
+  `runner.runMs` times the runs and the LM head kernel (lm_head.js) with performance.now()
+  (`ort_run_ms`, for the engine's decode profile).
 - WorkerHost wraps a ChatEngine for the worker: every method returns a JSON string
   {"ok": result} or {"error": SmolChatError.to_dict()}, so no Python object crosses to JS.
 
@@ -72,6 +72,8 @@ class OrtWebBackend:
         self._runner = res.runner    # HeapRunner | TensorRunner (see the module docstring)
         self._kv_cache = str(res.runner.kind)
         self._kv_cache_note = str(res.kvCacheNote) or None   # why not the heap ("": it is)
+        self._lm_head = str(res.lmHead)                    # 'kernel' | 'ort' (lm_head.js)
+        self._lm_head_note = str(res.lmHeadNote) or None   # why ORT computes it ("": it does not)
         self._tokenizer = res.tokenizer
         self._glue = res.glue
         self._threads = int(res.threads)
@@ -98,6 +100,8 @@ class OrtWebBackend:
             "kv_tensors": self._kv_count,
             "kv_cache": "wasm-heap" if self._kv_cache == "heap" else "js-tensors",
             "kv_cache_note": self._kv_cache_note,
+            "lm_head": self._lm_head,
+            "lm_head_note": self._lm_head_note,
             "bundle_url": self._bundle_url,
             "ort_version": self._versions.get("ort"),
             "pyodide_version": self._versions.get("pyodide"),

@@ -24,6 +24,11 @@ from .errors import BundleCorrupt, BundleMissing
 FORMAT = "smolchat-bundle/1"
 EXTERNAL_DATA_NAME = "model.data"
 LAST_POSITION_NODE = "last_position"  # Slice before the LM head (logits of the last position)
+# compact: the LM head's nodes are named LM_HEAD_PREFIX + ... and their inputs are graph outputs
+# of their own (codes uint8 [1, 1, K], scale [1, 1, 1], float features [1, 1, F]), so that the
+# browser can drop the nodes and compute the head in web/kernels/lm_head.c (web/src/lm_head.js)
+LM_HEAD_PREFIX = "lm_head/"
+LM_HEAD_INPUTS = ("lm_head.codes", "lm_head.scale", "lm_head.features")
 
 
 def read_manifest(bundle_dir) -> dict:

@@ -9,6 +9,9 @@
                                          ort-wasm-simd-threaded.{mjs,wasm})
       vendor/tokenizers/                 @huggingface/tokenizers ES module
       vendor/marked/, vendor/dompurify/  Markdown parser and HTML sanitizer ES modules (markdown.js)
+      kernels/<name>.wasm                web/kernels/<name>.c compiled here to freestanding
+                                         wasm32 + SIMD128 by `zig cc` (PyPI `ziglang`, pinned in
+                                         requirements.txt; no emscripten: no libc, no JS glue)
       wheels/smolchat-*.whl              `pip wheel --no-deps py_runtime`; Pyodide's
                                          loadPackage(<absolute url>) installs it (no micropip)
       models/<bundle-id>/                symlinks to models/<bundle-id>/ (every built bundle)
@@ -85,6 +88,32 @@ def _tree_hash(folder: Path) -> str:
         h.update("/".join(parts).encode() + b"\0")
         h.update(p.read_bytes())
     return h.hexdigest()[:16]
+
+
+KERNEL_FLAGS = ["-target", "wasm32-freestanding", "-O3", "-msimd128", "-nostdlib",
+                "-Wl,--no-entry", "-Wl,--export-memory"]
+
+
+def build_kernels(out: Path, log=print) -> list[str]:
+    """web/kernels/*.c -> out/kernels/*.wasm (rebuilt when the source or the flags changed:
+    a .hash file beside each). -> the paths, relative to out."""
+    made = []
+    for src in sorted((WEB / "kernels").glob("*.c")):
+        rel = f"kernels/{src.stem}.wasm"
+        dst, stamp = out / rel, out / f"kernels/.{src.stem}.hash"
+        want = hashlib.sha256(src.read_bytes() + " ".join(KERNEL_FLAGS).encode()).hexdigest()[:16]
+        made.append(rel)
+        if dst.is_file() and stamp.is_file() and stamp.read_text() == want:
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        r = subprocess.run([sys.executable, "-m", "ziglang", "cc", *KERNEL_FLAGS, "-o", str(dst),
+                            str(src)], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise SiteError(f"compiling {src.name} failed (is the `ziglang` wheel of "
+                            f"requirements.txt installed? ./build.sh setup):\n{r.stderr[-2000:]}")
+        stamp.write_text(want)
+        log(f"site: compiled {src.name} -> {rel} ({dst.stat().st_size} bytes)")
+    return made
 
 
 def build_wheel(out: Path, previous: dict | None, log=print) -> str:
@@ -179,6 +208,8 @@ def build_site(out: Path = DIST, default_bundle: str = DEFAULT_PRESET, log=print
 
     wheel = build_wheel(out, previous, log)
     assembled.add(wheel)
+    for rel in build_kernels(out, log):
+        assembled.update({rel, f"kernels/.{Path(rel).stem}.hash"})
     removed = _remove_stale(out, assembled)
 
     models = out / "models"

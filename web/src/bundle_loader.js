@@ -124,8 +124,10 @@ export function loadError(e) {
 // bundle: downloadBundle's result, or load_worker.js's, which carries `parts` (model.data,
 // expanded already, runtime_form.js expandParts) instead of `form`. onRead(bytes, total) is
 // called as ORT copies external data into the wasm heap (synchronously, inside session
-// creation: progress can be posted).
-export async function createSession(ort, bundle, { onRead } = {}) {
+// creation: progress can be posted); onSlice(begin, bytes) sees each slice ORT reads
+// (lm_head.js LmHead.tap keeps the LM head's weights from it). graph: the model bytes to use
+// instead of bundle.graph (lm_head.js headlessGraph's).
+export async function createSession(ort, bundle, { onRead, onSlice, graph } = {}) {
   const { runtimeDataSource, runtimeDataFromParts } = await import('./runtime_form.js');
   let data;
   try {
@@ -137,11 +139,11 @@ export async function createSession(ort, bundle, { onRead } = {}) {
   } catch (e) {
     throw loadError(e);
   }
-  if (onRead) data = countingReads(data, onRead);
+  if (onRead || onSlice) data = watchedReads(data, onRead || (() => {}), onSlice || (() => {}));
   try {
     // (an error of the expansion inside ORT's read surfaces as ORT's "failed to load external
     // data": bundle_corrupt below)
-    return await ort.InferenceSession.create(bundle.graph, {
+    return await ort.InferenceSession.create(graph || bundle.graph, {
       // (no other session option measured faster in Node, ORT Web 1.30, 1 thread: prepacking
       // off, the CPU arena off, or a graph saved pre-optimized by native ORT and loaded with
       // optimization disabled; README "Load time")
@@ -166,15 +168,16 @@ export async function createSession(ort, bundle, { onRead } = {}) {
 }
 
 // model.data as ORT reads it (data.subarray(offset, end), then a copy into the wasm heap: see
-// runtime_form.js runtimeDataSource), reporting the bytes read so far. The wrapper is a
-// Uint8Array of the same byteLength whose subarray defers to `data`.
-function countingReads(data, onRead) {
+// runtime_form.js runtimeDataSource), reporting the bytes read so far and each slice. The
+// wrapper is a Uint8Array of the same byteLength whose subarray defers to `data`.
+function watchedReads(data, onRead, onSlice) {
   const total = data.byteLength;
   let read = 0;
   class Counted extends Uint8Array {
     get byteLength() { return total; }
     subarray(begin = 0, end = total) {
       const out = data.subarray(begin, end);
+      onSlice(begin, out);
       read += end - begin;
       onRead(read, total);
       return out;

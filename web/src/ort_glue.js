@@ -17,6 +17,7 @@
 // what to do with the candidates (the engine samples).
 
 import * as ort from './vendor/ort/ort.wasm.min.mjs';
+import { LM_HEAD_INPUTS } from './lm_head.js';
 
 let live = 0;
 
@@ -178,15 +179,20 @@ export function isOutOfMemory(text) {
 
 // The decode loop's runs through ORT's public API: the KV cache is one JS array of ort.Tensor
 // (order: the session's past_key_values.* input names), replaced after each step.
+// head: an lm_head.js LmHead when the session's graph is the headless one (the logits row is
+// then the kernel's, computed from the step's lm_head.* outputs).
 export class TensorRunner {
-  constructor(session, heads, headDim) {
+  constructor(session, heads, headDim, head = null) {
     this.kind = 'tensors';
     this.session = session;
     this.heads = heads;
     this.headDim = headDim;
     this.pastNames = session.inputNames.filter((n) => n.startsWith('past_key_values.'));
     this.presentNames = this.pastNames.map((n) => 'present.' + n.slice('past_key_values.'.length));
-    const missing = [...this.presentNames, 'logits'].filter((n) => !session.outputNames.includes(n));
+    this.head = head;
+    this.row = null;   // head: the kernel's logits row
+    const wanted = head ? [LM_HEAD_INPUTS[0], LM_HEAD_INPUTS[1]] : ['logits'];
+    const missing = [...this.presentNames, ...wanted].filter((n) => !session.outputNames.includes(n));
     if (missing.length) throw new Error(`bundle_corrupt: the runtime graph lacks outputs ${missing.join(', ')}`);
     this.useMask = session.inputNames.includes('attention_mask');
     this.usePositions = session.inputNames.includes('position_ids');
@@ -195,7 +201,8 @@ export class TensorRunner {
     this.length = 0;
   }
 
-  get runMs() { return runTotal; }
+  // ms inside session.run and the LM head kernel (running totals)
+  get runMs() { return runTotal + (this.head ? this.head.ms : 0); }
 
   async forward(ids) {
     const past = this.length;
@@ -205,6 +212,11 @@ export class TensorRunner {
       results = await run(this.session, feeds);
     } finally {
       disposeInputs(feeds);
+    }
+    if (this.head) {
+      const feats = results[LM_HEAD_INPUTS[2]];
+      this.row = this.head.logits(results[LM_HEAD_INPUTS[0]].data, results[LM_HEAD_INPUTS[1]].data[0],
+        feats ? feats.data : new Float32Array(1));
     }
     const step = collect(results, this.presentNames);
     if (step.length !== past + ids.length) {
@@ -219,10 +231,17 @@ export class TensorRunner {
     return this.length;
   }
 
-  logitsRow() { return this.logits ? topRow(this.logits) : null; }
+  logitsRow() {
+    if (this.head) return this.row;
+    return this.logits ? topRow(this.logits) : null;
+  }
 
   // topK (below) of the last step's logits: (k, penalty, penaltyIds, ...the rest of topK's)
-  topK(k, ...rest) { return topK(this.logits, k, ...rest); }
+  topK(k, ...rest) {
+    const row = this.head ? this.row : this.logits;
+    if (!row) throw new Error('kv_mismatch: no logits: forward() has not run since the last truncate');
+    return topK(row, k, ...rest);
+  }
 
   truncate(length) {
     if (!(length >= 0 && length <= this.length)) throw new Error(`kv_mismatch: truncate(${length}) with ${this.length} cached positions`);
@@ -232,6 +251,7 @@ export class TensorRunner {
     drop(this.logits);
     this.kv = kv;
     this.logits = null;
+    this.row = null;
     this.length = length;
   }
 

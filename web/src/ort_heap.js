@@ -23,11 +23,16 @@
 // Truncation compacts the heads in place (copyWithin). Positions are tracked here (`length`)
 // and checked by the caller (bridge.py) against the engine's count after every step.
 //
+// With an LmHead (lm_head.js: the compact graph without its LM head), the step's outputs are
+// the head's inputs (codes, token scale, float features: a few hundred bytes, pre-allocated
+// too) instead of the logits, and the kernel computes the logits row from them.
+//
 // What this module ignores: which inputs the graph has beyond input_ids / attention_mask /
 // position_ids / past_key_values.* (read from the session), sampling (ort_glue.js topK works on
 // the logits row this returns), and tokenization.
 
 import { topK } from './ort_glue.js';
+import { LM_HEAD_INPUTS } from './lm_head.js';
 
 export const TESTED_ORT_VERSIONS = ['1.30.0'];
 
@@ -36,10 +41,12 @@ const NEEDED = ['_OrtCreateTensor', '_OrtReleaseTensor', '_OrtRun', '_OrtGetTens
   'stringToUTF8', 'lengthBytesUTF8', 'UTF8ToString'];
 const FLOAT = 1;   // ONNX TensorProto.FLOAT
 const INT64 = 7;   // ONNX TensorProto.INT64
+const UINT8 = 2;   // ONNX TensorProto.UINT8
 const CPU = 1;     // ORT Web's DataLocation enum: 'cpu'
 
 // -> {runner, reason}: runner is null when this ORT build or session cannot run from the heap.
-export function attachHeapRunner(ort, session, wasm, { heads, headDim, vocab }) {
+// head: an lm_head.js LmHead when the session's graph is the headless one, else null.
+export function attachHeapRunner(ort, session, wasm, { heads, headDim, vocab }, head = null) {
   const version = ort.env?.versions?.web;
   if (!wasm) return { runner: null, reason: 'the ORT wasm module was not captured' };
   if (!TESTED_ORT_VERSIONS.includes(version)) {
@@ -50,11 +57,11 @@ export function attachHeapRunner(ort, session, wasm, { heads, headDim, vocab }) 
   if (wasm.PTR_SIZE !== undefined && wasm.PTR_SIZE !== 4) return { runner: null, reason: 'wasm64 build' };
   const handle = session?.handler?.sessionId;
   if (typeof handle !== 'number' || !handle) return { runner: null, reason: 'no ORT session handle' };
-  return { runner: new HeapRunner(wasm, handle, session.inputNames, session.outputNames, heads, headDim, vocab), reason: null };
+  return { runner: new HeapRunner(wasm, handle, session.inputNames, session.outputNames, heads, headDim, vocab, head), reason: null };
 }
 
 export class HeapRunner {
-  constructor(wasm, sessionHandle, inputNames, outputNames, heads, headDim, vocab) {
+  constructor(wasm, sessionHandle, inputNames, outputNames, heads, headDim, vocab, head = null) {
     this.kind = 'heap';
     this.w = wasm;
     this.session = sessionHandle;
@@ -62,10 +69,13 @@ export class HeapRunner {
     this.headDim = headDim;
     this.vocab = vocab;
     this.length = 0;                 // positions held by the KV cache
-    this.runMs = 0;                  // ms inside _OrtRun (running total)
+    this.runMs = 0;                  // ms inside _OrtRun and the LM head kernel (running total)
     this.pastNames = inputNames.filter((n) => n.startsWith('past_key_values.'));
     this.inputNames = inputNames;
-    this.outputNames = ['logits', ...this.pastNames.map((n) => 'present.' + n.slice('past_key_values.'.length))];
+    this.head = head;
+    // the LM head's inputs (codes, scale, features when the graph has them) or the logits
+    this.headOutputs = head ? LM_HEAD_INPUTS.filter((n) => outputNames.includes(n)) : ['logits'];
+    this.outputNames = [...this.headOutputs, ...this.pastNames.map((n) => 'present.' + n.slice('past_key_values.'.length))];
     const missing = this.outputNames.filter((n) => !outputNames.includes(n));
     if (missing.length) throw new Error(`bundle_corrupt: the runtime graph lacks outputs ${missing.join(', ')}`);
     this.uses = { mask: inputNames.includes('attention_mask'), positions: inputNames.includes('position_ids') };
@@ -76,7 +86,14 @@ export class HeapRunner {
     this.cap = 0;                    // positions each KV buffer holds
     this.kv = [new Array(this.kvCount).fill(0), new Array(this.kvCount).fill(0)];  // two sets of pointers
     this.cur = 0;                    // the set that holds the past
-    this.logitsPtr = this.alloc(vocab * 4);   // [1, 1, vocab] float32
+    if (head) {
+      this.codesPtr = this.alloc(head.K);     // uint8 [1, 1, K]
+      this.scalePtr = this.alloc(4);          // float32 [1, 1, 1]
+      this.featsPtr = this.alloc(4 * Math.max(head.F, 1));   // float32 [1, 1, F]
+      this.row = null;                        // the kernel's logits (its memory)
+    } else {
+      this.logitsPtr = this.alloc(vocab * 4);   // [1, 1, vocab] float32
+    }
     this.idsCap = 0; this.idsPtr = 0; this.posPtr = 0;      // int64 [idsCap]
     this.maskCap = 0; this.maskPtr = 0;                      // int64 [maskCap], all ones
     this.hasLogits = false;
@@ -201,7 +218,12 @@ export class HeapRunner {
         return this.tensor(FLOAT, pastSet[i], this.kvBytes(past), [1, this.heads, past, this.headDim]);
       });
       handles.push(...inHandles);
-      const outHandles = [this.tensor(FLOAT, this.logitsPtr, this.vocab * 4, [1, 1, this.vocab])];
+      const outHandles = this.headOutputs.map((name) => {
+        if (name === 'logits') return this.tensor(FLOAT, this.logitsPtr, this.vocab * 4, [1, 1, this.vocab]);
+        if (name === LM_HEAD_INPUTS[0]) return this.tensor(UINT8, this.codesPtr, this.head.K, [1, 1, this.head.K]);
+        if (name === LM_HEAD_INPUTS[1]) return this.tensor(FLOAT, this.scalePtr, 4, [1, 1, 1]);
+        return this.tensor(FLOAT, this.featsPtr, 4 * this.head.F, [1, 1, this.head.F]);
+      });
       for (let i = 0; i < this.kvCount; i++) {
         outHandles.push(this.tensor(FLOAT, nextSet[i], this.kvBytes(total), [1, this.heads, total, this.headDim]));
       }
@@ -232,6 +254,14 @@ export class HeapRunner {
     }
     this.cur = 1 - this.cur;
     this.length = total;
+    if (this.head) {   // (its time counts in runMs: the model's compute, ORT's or ours)
+      const t1 = performance.now();
+      const heap = w.HEAPU8;
+      this.row = this.head.logits(heap.subarray(this.codesPtr, this.codesPtr + this.head.K),
+        new Float32Array(heap.buffer, this.scalePtr, 1)[0],
+        new Float32Array(heap.buffer, this.featsPtr, Math.max(this.head.F, 1)));
+      this.runMs += performance.now() - t1;
+    }
     this.hasLogits = true;
     return total;
   }
@@ -239,6 +269,7 @@ export class HeapRunner {
   // The last position's logits, a Float32Array view into the heap (valid until the next call).
   logitsRow() {
     if (!this.hasLogits) return null;
+    if (this.head) return this.row;
     return new Float32Array(this.w.HEAPU8.buffer, this.logitsPtr, this.vocab);
   }
 
@@ -271,7 +302,7 @@ export class HeapRunner {
 
   // Heap buffers this runner holds (bytes): the KV cache's two sets, logits, ids.
   heapBytes() {
-    return 2 * this.kvCount * this.kvBytes(this.cap) + this.vocab * 4 + (2 * this.idsCap + this.maskCap) * 8;
+    return 2 * this.kvCount * this.kvBytes(this.cap) + (this.head ? 0 : this.vocab * 4) + (2 * this.idsCap + this.maskCap) * 8;
   }
 
   dispose() {
@@ -303,9 +334,10 @@ function lastError(w) {
 
 // The runner for a new session: HeapRunner when this worker's ORT module was captured (see
 // ort_wasm_capture.js) and passes attachHeapRunner's checks, else ort_glue.js TensorRunner.
-// `shape`: {heads, headDim, vocab} from the bundle's config. -> {runner, reason} (reason: why
-// the heap path is not used, null when it is; worker.js reports it in info()).
-export async function makeRunner(ort, session, shape, { heap = true } = {}) {
+// `shape`: {heads, headDim, vocab} from the bundle's config; head: lm_head.js LmHead or null.
+// -> {runner, reason} (reason: why the heap path is not used, null when it is; worker.js
+// reports it in info()).
+export async function makeRunner(ort, session, shape, { heap = true, head = null } = {}) {
   const { TensorRunner } = await import('./ort_glue.js');
   let reason = 'turned off by the caller';
   if (heap) {
@@ -316,10 +348,10 @@ export async function makeRunner(ort, session, shape, { heap = true } = {}) {
       reason = `the ORT wasm module could not be captured: ${e.message}`;
     }
     if (wasm || reason.startsWith('turned')) {
-      const got = attachHeapRunner(ort, session, wasm, shape);
+      const got = attachHeapRunner(ort, session, wasm, shape, head);
       if (got.runner) return got;
       reason = got.reason;
     }
   }
-  return { runner: new TensorRunner(session, shape.heads, shape.headDim), reason };
+  return { runner: new TensorRunner(session, shape.heads, shape.headDim, head), reason };
 }

@@ -100,12 +100,14 @@ export class SmolChat {
   // stages: download, python, compile, warmup. threads: default 2 if crossOriginIsolated, else 1.
   // cache: false skips Cache Storage (bundle_cache.js); info() reports from_cache and cache.
   // heapKV: false keeps the KV cache in JS tensors instead of ORT's wasm heap (ort_heap.js;
-  // info().kv_cache says which runs, kv_cache_note why not the heap).
+  // info().kv_cache says which runs, kv_cache_note why not the heap). lmHead: false has ORT
+  // compute the compact bundle's LM head instead of web/kernels/lm_head.c (lm_head.js;
+  // info().lm_head, lm_head_note).
   // allowedOrigins: origins (or '*') a bundleUrl may come from besides the page's and
   // SmolChat's own (checkBundleOrigin). stallTimeoutMs: a download that gets no data for this
   // long ends in NetworkError (default 30000; fetch_watch.js).
   static async load({ bundleUrl = defaultBundleUrl(), onProgress, threads, systemPrompt, contextWindow, cache,
-                      allowedOrigins, stallTimeoutMs, heapKV } = {}) {
+                      allowedOrigins, stallTimeoutMs, heapKV, lmHead } = {}) {
     if (onProgress != null && typeof onProgress !== 'function') {
       throw makeError('invalid_setting', `invalid setting onProgress=${shown(onProgress)}: allowed a function (progress) => void`,
         { field: 'onProgress', value: shown(onProgress) });
@@ -126,7 +128,7 @@ export class SmolChat {
       }
     }, stall);
     try {
-      bot.#info = await bot.#send(Request.LOAD, { bundleUrl, threads, systemPrompt, contextWindow, cache, stallTimeoutMs, heapKV },
+      bot.#info = await bot.#send(Request.LOAD, { bundleUrl, threads, systemPrompt, contextWindow, cache, stallTimeoutMs, heapKV, lmHead },
         { onProgress });
     } catch (e) {
       bot.#worker.terminate();

@@ -18,6 +18,7 @@ import { openSnapshots } from './python_snapshot.js';
 import { Tokenizer } from './vendor/tokenizers/tokenizers.min.mjs';
 import * as glue from './ort_glue.js';
 import { makeRunner } from './ort_heap.js';
+import { prepareLmHead } from './lm_head.js';
 import { createSession } from './bundle_loader.js';
 import { Request, Reply, STAGES, STREAMING, overallPercent } from './protocol.js';
 import { makeError, abortError, siteIncomplete, toSmolChatError, errorFromWire } from './errors.js';
@@ -206,7 +207,7 @@ const SAME_ORIGIN = new URL(import.meta.url).origin === self.location.origin;
 // Progress: one bar; each part moves its own share (protocol.js STAGES), so parts running at
 // the same time both move it; `stage` is the first part not finished (a download update: always
 // 'download'), `message` what every part under way is doing.
-async function loadModel(id, { bundleUrl, threads, systemPrompt, contextWindow, cache, heapKV, stallTimeoutMs }) {
+async function loadModel(id, { bundleUrl, threads, systemPrompt, contextWindow, cache, heapKV, lmHead, stallTimeoutMs }) {
   const t0 = performance.now();
   const isolated = self.crossOriginIsolated === true;
   const want = threads || (isolated ? 2 : 1);
@@ -254,6 +255,9 @@ async function loadModel(id, { bundleUrl, threads, systemPrompt, contextWindow, 
   const tOrt = performance.now();
   const ortReady = ort.InferenceSession.create(IDENTITY_ONNX).then((s) => { mark('ort_init', tOrt); return s.release(); });
   ortReady.catch(() => {});
+  // the LM head kernel (lm_head.js; 8 KB) compiles meanwhile too
+  const lmKernel = lmHead === false ? null : WebAssembly.compileStreaming(fetch(here('./kernels/lm_head.wasm')));
+  if (lmKernel) lmKernel.catch(() => {});
   const helper = bundleFromHelper(url, cache !== false, stallTimeoutMs, (m) => {
     if (m.stage === 'download') {
       loadedBytes = m.loaded; totalBytes = m.total;
@@ -293,7 +297,12 @@ async function loadModel(id, { bundleUrl, threads, systemPrompt, contextWindow, 
   t = mark('tokenizer', t);
   progress('compile', 0.5, 'Creating the ONNX Runtime session');
   let shown = 0; // (one update per 2% of the weights, not one per each of ~700 reads)
+  // the compact graph's LM head runs in our kernel: ORT gets the graph without it
+  const lm = await prepareLmHead(bundle.graph, bundle.manifest, await lmKernel?.catch((e) => e), { off: lmHead === false });
+  if (lm.note && lmHead !== false) console.info(`SmolChat: ONNX Runtime computes the LM head: ${lm.note}`);
   const session = await createSession(ort, bundle, {
+    graph: lm.graph,
+    onSlice: lm.head ? (begin, bytes) => lm.head.tap(begin, bytes) : undefined,
     onRead: (read, total) => {
       if (read < total && read / total < shown + 0.02) return;
       shown = read / total;
@@ -302,18 +311,22 @@ async function loadModel(id, { bundleUrl, threads, systemPrompt, contextWindow, 
     },
   });
   t = mark('session', t);
+  if (lm.head) {
+    try { lm.head.checkFilled(); } catch (e) { session.release(); throw makeError('bundle_corrupt', e.message.replace(/^bundle_corrupt: /, '')); }
+  }
   progress('compile', 1, 'Session ready');
   const config = JSON.parse(bundle.texts['config.json']);
   const heads = config.num_key_value_heads ?? config.num_attention_heads;
   const { runner, reason } = await makeRunner(ort, session, {
     heads, headDim: config.head_dim ?? config.hidden_size / config.num_attention_heads,
-    vocab: config.vocab_size }, { heap });
+    vocab: config.vocab_size }, { heap, head: lm.head });
   // why the KV cache is not in ORT's heap (null when it is): reported by info()
   const kvCacheNote = heap ? reason
     : heapKV === false ? 'turned off by the caller (heapKV: false)' : 'the worker was started from another origin';
   if (kvCacheNote) console.info(`SmolChat: the KV cache is kept in JS tensors: ${kvCacheNote}`);
   const res = {
     session, runner, kvCacheNote: kvCacheNote || "",
+    lmHead: lm.head ? 'kernel' : 'ort', lmHeadNote: lm.note || '',
     tokenizer, glue, bundleUrl: url, threads: ort.env.wasm.numThreads,
     crossOriginIsolated: isolated,
     versions: { ort: ort.env.versions.web, pyodide: pyodide.version },
