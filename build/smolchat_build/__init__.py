@@ -9,7 +9,7 @@ atomic write, skip when up to date). Run as `python -m smolchat_build bundle|sco
 """
 
 # Per preset: bump when the bytes a preset's recipe produces change (the skip check compares it).
-CODE_VERSION = {"compact": "2026-12-03.20", "exact": "2026-12-03.10"}
+CODE_VERSION = {"compact": "2026-12-03.21", "exact": "2026-12-03.11"}
 EXPORT_VERSION = "1"  # bump when the cached fp32 Optimum export must be redone
 
 

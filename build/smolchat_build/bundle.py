@@ -340,6 +340,14 @@ def _build_into(tmp: Path, preset, source, adapter, key, recipe, quality_tokens,
             say(f"perplexity: bundle {ppl.get('bundle_perplexity')} vs reference "
                 f"{ppl.get('reference_perplexity')} (ratio {ppl.get('ratio')}), "
                 f"top-1 {ppl.get('top1_agreement')}")
+    if quality_tokens > 0 and src.kind != "tiny-random":
+        # the task suite (tests/data/tasks.jsonl, issue #15: facts, counts, recall, personas,
+        # loops), greedy, on the CPython runtime (`./build.sh eval` scores other settings)
+        with timed("task_suite"):
+            from smolchat.evals import suite_pass_rate
+            quality["task_suite_greedy"] = suite_pass_rate(tmp, {"temperature": 0})
+            say("task suite, greedy: {pass_rate:.3f} ({passed}/{total})".format(
+                **quality["task_suite_greedy"]))
     man["quality"] = quality
     man["timings_s"] = timings
     total = write_manifest()

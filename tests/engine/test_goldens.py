@@ -136,3 +136,13 @@ def test_compact_preset_agrees_with_reference(goldens, compact_backend, compact_
     print(f"compact: teacher-forced top-1 agreement with the fp32 reference {rate:.3f}, greedy "
           f"prefix agreement {built['prefix_token_agreement']}")
     assert rate >= COMPACT_TOP1_AGREEMENT_FLOOR
+
+
+def test_manifest_records_the_task_suite(compact_dir):
+    """The build scores the task suite (tests/data/tasks.jsonl, greedy, CPython) into the
+    manifest's quality next to perplexity (issue #15): every case counted once."""
+    import json
+    from smolchat.evals import TASKS, load_cases
+    q = json.loads((compact_dir / "manifest.json").read_text())["quality"]["task_suite_greedy"]
+    assert q["total"] == len(load_cases(TASKS))
+    assert 0 < q["passed"] <= q["total"] and q["pass_rate"] == round(q["passed"] / q["total"], 4)

@@ -215,7 +215,8 @@ export class LmHead {
 
 // What a load needs to use the kernel: {graph (headless bytes), head (LmHead, waiting for its
 // weights through tap)}, or {graph: original, head: null, note} saying why ORT keeps the head.
-// kernel: a URL or bytes for loadKernel; off: the caller turned it off.
+// kernel: a URL, bytes or WebAssembly.Module for loadKernel, or the Error its fetch gave;
+// off: the caller turned it off.
 export async function prepareLmHead(graph, manifest, kernel, { off = false } = {}) {
   let edit;
   try {
@@ -225,6 +226,7 @@ export async function prepareLmHead(graph, manifest, kernel, { off = false } = {
   }
   if (!edit) return { graph, head: null, note: 'this bundle has no int8 LM head (ORT computes it)' };
   if (off) return { graph, head: null, note: 'turned off by the caller (lmHead: false)' };
+  if (kernel instanceof Error) return { graph, head: null, note: `the LM head kernel could not be fetched (${kernel.message}): rebuild the site (./build.sh site)` };
   const t = ((manifest.runtime || {}).tensors || []).find((x) => x.name === edit.weights.table);
   if (!t || !(t.n > 0 && t.k > 0) || t.dst_scale === undefined) {
     return { graph, head: null, note: `the manifest does not describe the LM head's table ${edit.weights.table}` };

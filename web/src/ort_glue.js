@@ -262,6 +262,7 @@ export class TensorRunner {
     this.kv = [];
     drop(this.logits);
     this.logits = null;
+    this.row = null;
     this.length = 0;
   }
 }
