@@ -1,7 +1,8 @@
 // Helper worker of one model load: gets the bundle (Cache Storage or network, bundle_loader.js
 // downloadBundle: bytes + sha256 checked), inflates weights.bin and expands it into model.data
-// (runtime_form.js), on its own thread, while the Pyodide worker boots Python. Then it hands
-// everything over (transferred, not copied) and the worker that made it terminates it.
+// (runtime_form.js), on its own thread, while the Pyodide worker boots Python. It hands the
+// expanded data over as it goes (copied: see 'parts' below) and the worker that made it
+// terminates it after 'done', which frees everything this worker held.
 //
 // Why a second worker: the Pyodide worker's one thread is busy 2-3 s booting Python; before,
 // the Cache Storage read, the inflate and the int4 -> int8 expansion (inside ORT's session
@@ -12,15 +13,16 @@
 // Messages out: {type: 'started'} (once, as soon as this module runs)
 //               {type: 'progress', stage: 'download' | 'expand', loaded, total}
 //               {type: 'mark', name, start, end, origin}  (ms: this worker's performance.now(), its timeOrigin)
-//               {type: 'done', bundle: {manifest, texts, graph, data, total, cache}}
+//               {type: 'parts', parts: [{start, bytes}]}  (model.data's regions, one buffer a message)
+//               {type: 'done', bundle: {manifest, texts, graph, total, cache}}
 //               {type: 'error', error: <SmolChatError wire form>}
-// graph: model.onnx bytes; data: model.data bytes (manifest.runtime.expanded_bytes), both
-// Uint8Arrays whose buffers are transferred.
+// graph: model.onnx bytes; parts: model.data (manifest.runtime.expanded_bytes) region by region
+// (runtime_form.js expandParts), all 'parts' messages before 'done'. Copied, not transferred.
 //
 // What this module ignores: Python, ORT, the tokenizer, the page's progress bar.
 
 import { downloadBundle, loadError } from './bundle_loader.js';
-import { expandParts } from './runtime_form.js';
+import { expandParts, freeBuffer } from './runtime_form.js';
 import { toSmolChatError } from './errors.js';
 import { installFetchWatch, beginLoad, loadFault } from './fetch_watch.js';
 
@@ -48,19 +50,22 @@ self.onmessage = async ({ data: { bundleUrl, cache, stallTimeoutMs } }) => {
     try { form = await bundle.form; } catch (e) { throw loadError(e); }
     t = mark('inflate', t);
     const total = bundle.manifest.runtime.tensors.length;
-    let parts;
     try {
-      parts = expandParts(bundle.manifest, form, {
+      expandParts(bundle.manifest, form, {
         // one message per ~10 tensors: the bar moves, the channel stays quiet
         onProgress: (done) => { if (done % 10 === 0 || done === total) post({ type: 'progress', stage: 'expand', loaded: done, total }); },
+        // each ~8 MB buffer as soon as it is expanded, copied (no transfer list): Chromium
+        // gives a copy's memory back when the Pyodide worker frees it after ORT has read it,
+        // a transferred buffer's only when that worker ends (runtime_form.js detach). Ours go
+        // with this worker, which worker.js ends on 'done'. (~10 ms of copying for 135 MB.)
+        onChunk: (parts) => post({ type: 'parts', parts }),
       });
     } catch (e) { throw loadError(e); }
+    freeBuffer(form.buffer);   // (the inflated weights.bin: expanded, not read again)
     form = null;
     mark('expand', t);
     const { manifest, texts, graph, cache: report } = bundle;
-    const buffers = [...new Set(parts.map((p) => p.bytes.buffer))];
-    post({ type: 'done', bundle: { manifest, texts, graph, parts, total: bundle.total, cache: report } },
-         [graph.buffer, ...buffers]);
+    post({ type: 'done', bundle: { manifest, texts, graph, total: bundle.total, cache: report } });
   } catch (e) {
     const err = toSmolChatError(e);
     // a download fault (stall, cut, missing site file) is the cause of whatever it broke

@@ -18,6 +18,7 @@ import { openSnapshots } from './python_snapshot.js';
 import { Tokenizer } from './vendor/tokenizers/tokenizers.min.mjs';
 import * as glue from './ort_glue.js';
 import { makeRunner } from './ort_heap.js';
+import { capturedModule } from './ort_wasm_capture.js';
 import { createSession } from './bundle_loader.js';
 import { Request, Reply, STAGES, STREAMING, overallPercent } from './protocol.js';
 import { makeError, abortError, siteIncomplete, toSmolChatError, errorFromWire } from './errors.js';
@@ -33,6 +34,7 @@ installFetchWatch(self, { site: here('./') });
 let host = null;       // PyProxy of smolchat.bridge.WorkerHost
 let tokenizer = null;  // @huggingface/tokenizers Tokenizer of the bundle
 let loadInfo = null;   // worker-side load facts merged into info()
+let bootedPyodide = null; // the Pyodide instance once booted (its heap size is reported)
 let queue = Promise.resolve();
 
 const post = (kind, id, content) => self.postMessage({ kind, id, content });
@@ -87,6 +89,7 @@ async function bootPython(progress, mark, { cache = true } = {}) {
       try { stored = snapshots.store(pyodide.makeMemorySnapshot()); } catch (e) { stored = snapshots.reject(e); }
     }
   }
+  bootedPyodide = pyodide;
   t = mark('python_boot', t);
   progress('python', 0.7, 'Loading the SmolChat Python package');
   await pyodide.loadPackage(here(info.wheel), { messageCallback: () => {} });
@@ -153,11 +156,13 @@ function bundleFromHelper(url, cache, stallTimeoutMs, onProgress, onMark) {
       return;
     }
     const end = (fn, value) => { helper.terminate(); fn(value); };
+    let parts = [];   // model.data's regions as they come (runtimeDataFromParts wants them by start)
     helper.onmessage = ({ data: m }) => {
       if (m.type === 'started') onStarted();
       else if (m.type === 'progress') onProgress(m);
       else if (m.type === 'mark') onMark(m.name, m.start, m.end, m.origin);
-      else if (m.type === 'done') end(resolve, m.bundle);
+      else if (m.type === 'parts') parts.push(...m.parts);
+      else if (m.type === 'done') { m.bundle.parts = parts.sort((a, b) => a.start - b.start); parts = null; end(resolve, m.bundle); }
       else if (m.type === 'error') end(reject, errorFromWire(m.error));
     };
     helper.onerror = (event) => {
@@ -232,8 +237,11 @@ async function loadModel(id, { bundleUrl, threads, systemPrompt, contextWindow, 
   };
   // stage marks: name -> [start, end], ms since this load began (the helper's on our clock)
   const marks = {};
-  const mark = (name, start, end = performance.now()) => {
+  // the two wasm heaps (MB) at the end of each of this worker's stages: they only grow
+  const heaps = {};
+  const mark = (name, start, end = performance.now(), here = true) => {
     marks[name] = [Math.round(start - t0), Math.round(end - t0)];
+    if (here) heaps[name] = heapsMb(bootedPyodide);
     return end;
   };
 
@@ -264,7 +272,7 @@ async function loadModel(id, { bundleUrl, threads, systemPrompt, contextWindow, 
   }, (name, start, end, origin) => {
     // the helper's performance.now() counts from its own timeOrigin
     const shift = origin - performance.timeOrigin;
-    mark(name, start + shift, end + shift);
+    mark(name, start + shift, end + shift, false);
   });
   helper.bundle.catch(() => {});
   // Chromium loads a nested worker's scripts through this worker's thread: let the helper start
@@ -348,10 +356,18 @@ async function loadModel(id, { bundleUrl, threads, systemPrompt, contextWindow, 
     warmup_ms: marks.warmup ? marks.warmup[1] - marks.warmup[0] : null,
     download_bytes: bundle.total,
     stages: marks, // {name: [start_ms, end_ms]} since the load began; helper stages overlap python
+    heaps_mb: heaps, // {stage: {ort, python}}: the wasm heaps' sizes (MB) as this worker's stages end
+    t0_epoch_ms: performance.timeOrigin + t0,
     python_snapshot: await pythonSnapshot, // 'hit' | 'stored' | 'miss' | 'rejected: ...' | 'disabled: ...'
     ...bundle.cache, // from_cache, cache ('hit' | 'miss' | 'disabled: <reason>'), cache_name, network_bytes
   };
   return { ...info, ...loadInfo };
+}
+
+// {ort, python}: MB of ORT's and Pyodide's wasm heaps (null when not reachable).
+function heapsMb(pyodide) {
+  const mb = (m) => (m && m.HEAPU8 ? Math.round(m.HEAPU8.length / 1048576) : null);
+  return { ort: mb(capturedModule()), python: mb(pyodide && pyodide._module) };
 }
 
 // The JS tokenizer of the bundle; a file that passed its sha256 but is no tokenizer is
