@@ -1,15 +1,16 @@
 // Helper worker of one model load: gets the bundle (Cache Storage or network, bundle_loader.js
 // downloadBundle: bytes + sha256 checked), inflates weights.bin and expands it into model.data
 // (runtime_form.js), on its own thread, while the Pyodide worker boots Python. It hands the
-// expanded data over as it goes (copied: see 'parts' below) and the worker that made it
-// terminates it after 'done', which frees everything this worker held.
+// expanded data over once that worker's thread is free (copied, ~8 MB a message: see below)
+// and the worker that made it terminates it after 'done', which frees all it held.
 //
 // Why a second worker: the Pyodide worker's one thread is busy 2-3 s booting Python; before,
 // the Cache Storage read, the inflate and the int4 -> int8 expansion (inside ORT's session
 // create) queued behind it. Here they run on the other core. The ORT session itself is NOT made
 // here: it, the KV tensors and ort_glue.js stay in the Pyodide worker (no per-token hop).
 //
-// Messages in:  {bundleUrl, cache, stallTimeoutMs}
+// Messages in:  {bundleUrl, cache, stallTimeoutMs}  (starts the load)
+//               {type: 'send'}  (the Pyodide worker can take model.data now)
 // Messages out: {type: 'started'} (once, as soon as this module runs)
 //               {type: 'progress', stage: 'download' | 'expand', loaded, total}
 //               {type: 'mark', name, start, end, origin}  (ms: this worker's performance.now(), its timeOrigin)
@@ -39,7 +40,16 @@ function mark(name, start) {
   return end;
 }
 
-self.onmessage = async ({ data: { bundleUrl, cache, stallTimeoutMs } }) => {
+// worker.js says 'send' once its thread is free to take model.data (Python has booted)
+let sendNow = () => {};
+const sendAllowed = new Promise((resolve) => { sendNow = resolve; });
+
+self.onmessage = ({ data }) => {
+  if (data.type === 'send') sendNow();
+  else load(data);
+};
+
+async function load({ bundleUrl, cache, stallTimeoutMs }) {
   beginLoad({ stall: stallTimeoutMs, bundle: bundleUrl.endsWith('/') ? bundleUrl : bundleUrl + '/' });
   try {
     let t = performance.now();
@@ -50,20 +60,30 @@ self.onmessage = async ({ data: { bundleUrl, cache, stallTimeoutMs } }) => {
     try { form = await bundle.form; } catch (e) { throw loadError(e); }
     t = mark('inflate', t);
     const total = bundle.manifest.runtime.tensors.length;
+    let parts;
     try {
-      expandParts(bundle.manifest, form, {
+      parts = expandParts(bundle.manifest, form, {
         // one message per ~10 tensors: the bar moves, the channel stays quiet
         onProgress: (done) => { if (done % 10 === 0 || done === total) post({ type: 'progress', stage: 'expand', loaded: done, total }); },
-        // each ~8 MB buffer as soon as it is expanded, copied (no transfer list): Chromium
-        // gives a copy's memory back when the Pyodide worker frees it after ORT has read it,
-        // a transferred buffer's only when that worker ends (runtime_form.js detach). Ours go
-        // with this worker, which worker.js ends on 'done'. (~10 ms of copying for 135 MB.)
-        onChunk: (parts) => post({ type: 'parts', parts }),
       });
     } catch (e) { throw loadError(e); }
     freeBuffer(form.buffer);   // (the inflated weights.bin: expanded, not read again)
     form = null;
     mark('expand', t);
+    // model.data goes over one ~8 MB buffer a message, copied (no transfer list): Chromium
+    // gives a copy's memory back when the Pyodide worker frees it after ORT has read it, a
+    // transferred buffer's only when that worker ends (runtime_form.js freeBuffer). Only once
+    // worker.js can take them: messages queued while its thread boots Python would hold a
+    // second copy until they are read (measured: +140 MB at a cold load's peak).
+    await sendAllowed;
+    const byBuffer = new Map();
+    for (const p of parts) byBuffer.set(p.bytes.buffer, [...(byBuffer.get(p.bytes.buffer) || []), p]);
+    parts = null;
+    for (const [buffer, mine] of byBuffer) {
+      post({ type: 'parts', parts: mine });
+      freeBuffer(buffer);
+    }
+    byBuffer.clear();
     const { manifest, texts, graph, cache: report } = bundle;
     post({ type: 'done', bundle: { manifest, texts, graph, total: bundle.total, cache: report } });
   } catch (e) {
@@ -72,4 +92,4 @@ self.onmessage = async ({ data: { bundleUrl, cache, stallTimeoutMs } }) => {
     const fault = ['bundle_missing', 'network', 'site_incomplete'].includes(err.kind) ? null : loadFault();
     post({ type: 'error', error: (fault || err).toJSON() });
   }
-};
+}

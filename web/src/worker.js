@@ -173,7 +173,11 @@ function bundleFromHelper(url, cache, stallTimeoutMs, onProgress, onMark) {
     helper.onmessageerror = () => end(reject, makeError('internal', 'the load helper worker sent an unreadable message'));
     helper.postMessage({ bundleUrl: url, cache, stallTimeoutMs });
   });
-  return { bundle, started, terminate: () => helper && helper.terminate() };
+  return {
+    bundle, started, terminate: () => helper && helper.terminate(),
+    // this thread is free: the helper may send model.data (load_worker.js)
+    send: () => helper && helper.postMessage({ type: 'send' }),
+  };
 }
 
 async function load(id, content) {
@@ -288,6 +292,7 @@ async function loadModel(id, { bundleUrl, threads, systemPrompt, contextWindow, 
     throw e;
   }
   const tb = performance.now();
+  helper.send();
   const bundle = await helper.bundle;
   await ortReady.catch((e) => { throw makeError('internal', `ONNX Runtime did not start (${e.message || e}): rebuild the site (./build.sh site)`); });
   // Python and ORT are up: every runtime file they fetch has arrived (a file a snapshot boot
