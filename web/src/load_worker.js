@@ -14,6 +14,7 @@
 // Messages out: {type: 'started'} (once, as soon as this module runs)
 //               {type: 'progress', stage: 'download' | 'expand', loaded, total}
 //               {type: 'mark', name, start, end, origin}  (ms: this worker's performance.now(), its timeOrigin)
+//               {type: 'texts', texts: {name: string}}  (the bundle's text files, once verified)
 //               {type: 'parts', parts: [{start, bytes}]}  (model.data's regions, one buffer a message)
 //               {type: 'done', bundle: {manifest, texts, graph, total, cache}}
 //               {type: 'error', error: <SmolChatError wire form>}
@@ -56,6 +57,7 @@ async function load({ bundleUrl, cache, stallTimeoutMs }) {
     const bundle = await downloadBundle(bundleUrl, ({ loaded, total }) =>
       post({ type: 'progress', stage: 'download', loaded, total }), { cache });
     t = mark('read_verify', t);
+    post({ type: 'texts', texts: bundle.texts });   // (worker.js builds the tokenizer meanwhile)
     let form;
     try { form = await bundle.form; } catch (e) { throw loadError(e); }
     t = mark('inflate', t);

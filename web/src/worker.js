@@ -143,11 +143,13 @@ function spawnHelper(url) {
 // expandParts) in place of `form`.
 // Progress and stage marks come through as they happen; a failure there, or the helper's
 // script failing to start, rejects with a typed error.
-// -> {bundle: Promise, started: Promise (the helper's scripts ran), terminate()}.
+// -> {bundle: Promise, started: Promise (the helper's scripts ran), texts: Promise (the
+// bundle's text files, verified, ahead of model.data), terminate(), send()}.
 function bundleFromHelper(url, cache, stallTimeoutMs, onProgress, onMark) {
   let helper = null;
   let onStarted = () => {};
   const started = new Promise((resolve) => { onStarted = resolve; });
+  let onTexts = () => {};   // (set below, before any message can arrive)
   const bundle = new Promise((resolve, reject) => {
     try {
       helper = spawnHelper(new URL(here('./load_worker.js')));
@@ -162,6 +164,7 @@ function bundleFromHelper(url, cache, stallTimeoutMs, onProgress, onMark) {
       else if (m.type === 'progress') onProgress(m);
       else if (m.type === 'mark') onMark(m.name, m.start, m.end, m.origin);
       else if (m.type === 'parts') parts.push(...m.parts);
+      else if (m.type === 'texts') onTexts(m.texts);
       else if (m.type === 'done') { m.bundle.parts = parts.sort((a, b) => a.start - b.start); parts = null; end(resolve, m.bundle); }
       else if (m.type === 'error') end(reject, errorFromWire(m.error));
     };
@@ -173,8 +176,10 @@ function bundleFromHelper(url, cache, stallTimeoutMs, onProgress, onMark) {
     helper.onmessageerror = () => end(reject, makeError('internal', 'the load helper worker sent an unreadable message'));
     helper.postMessage({ bundleUrl: url, cache, stallTimeoutMs });
   });
+  const texts = new Promise((resolve, reject) => { onTexts = resolve; bundle.catch(reject); });
+  texts.catch(() => {});
   return {
-    bundle, started, terminate: () => helper && helper.terminate(),
+    bundle, started, texts, terminate: () => helper && helper.terminate(),
     // this thread is free: the helper may send model.data (load_worker.js)
     send: () => helper && helper.postMessage({ type: 'send' }),
   };
@@ -291,8 +296,12 @@ async function loadModel(id, { bundleUrl, threads, systemPrompt, contextWindow, 
     helper.terminate();
     throw e;
   }
-  const tb = performance.now();
   helper.send();
+  // the tokenizer while the helper still inflates and expands (its texts come with the read)
+  let t = performance.now();
+  tokenizer = makeTokenizer(await helper.texts, url);
+  mark('tokenizer', t);
+  const tb = performance.now();
   const bundle = await helper.bundle;
   await ortReady.catch((e) => { throw makeError('internal', `ONNX Runtime did not start (${e.message || e}): rebuild the site (./build.sh site)`); });
   // Python and ORT are up: every runtime file they fetch has arrived (a file a snapshot boot
@@ -300,10 +309,7 @@ async function loadModel(id, { bundleUrl, threads, systemPrompt, contextWindow, 
   // download update now would show the 'download' stage again).
   runtime.finish();
   parts.download = { fraction: 1, message: 'Model read' };
-  mark('wait_bundle', tb);
-  let t = performance.now();
-  tokenizer = makeTokenizer(bundle.texts, url);
-  t = mark('tokenizer', t);
+  t = mark('wait_bundle', tb);
   progress('compile', 0.5, 'Creating the ONNX Runtime session');
   let shown = 0; // (one update per 2% of the weights, not one per each of ~700 reads)
   const session = await createSession(ort, bundle, {
