@@ -18,7 +18,6 @@ import { openSnapshots } from './python_snapshot.js';
 import { Tokenizer } from './vendor/tokenizers/tokenizers.min.mjs';
 import * as glue from './ort_glue.js';
 import { makeRunner } from './ort_heap.js';
-import { capturedModule } from './ort_wasm_capture.js';
 import { createSession } from './bundle_loader.js';
 import { Request, Reply, STAGES, STREAMING, overallPercent } from './protocol.js';
 import { makeError, abortError, siteIncomplete, toSmolChatError, errorFromWire } from './errors.js';
@@ -269,7 +268,13 @@ async function loadModel(id, { bundleUrl, threads, systemPrompt, contextWindow, 
   // ORT's wasm (14 MB) is fetched and compiled now (V8 compiles off this thread) instead of
   // at the session, after Python: a one-node session initializes the runtime.
   const tOrt = performance.now();
-  const ortReady = ort.InferenceSession.create(IDENTITY_ONNX).then((s) => { mark('ort_init', tOrt); return s.release(); });
+  const ortReady = ort.InferenceSession.create(IDENTITY_ONNX).then(async (s) => {
+    // (ORT imported its factory through ort_wasm_capture.js when heap; a dynamic import, as
+    // ort_heap.js does: the page's static imports stay what they were)
+    if (heap) ({ capturedModule: ortModule } = await import('./ort_wasm_capture.js'));
+    mark('ort_init', tOrt);
+    return s.release();
+  });
   ortReady.catch(() => {});
   const helper = bundleFromHelper(url, cache !== false, stallTimeoutMs, (m) => {
     if (m.stage === 'download') {
@@ -376,9 +381,10 @@ async function loadModel(id, { bundleUrl, threads, systemPrompt, contextWindow, 
 }
 
 // {ort, python}: MB of ORT's and Pyodide's wasm heaps (null when not reachable).
+let ortModule = () => null;   // ort_wasm_capture.js capturedModule, once ORT has started
 function heapsMb(pyodide) {
   const mb = (m) => (m && m.HEAPU8 ? Math.round(m.HEAPU8.length / 1048576) : null);
-  return { ort: mb(capturedModule()), python: mb(pyodide && pyodide._module) };
+  return { ort: mb(ortModule()), python: mb(pyodide && pyodide._module) };
 }
 
 // The JS tokenizer of the bundle; a file that passed its sha256 but is no tokenizer is
