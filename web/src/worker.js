@@ -76,6 +76,8 @@ async function bootPython(progress, mark, { cache = true } = {}) {
       pyodide = await loadPyodide({ ...options, _loadSnapshot: snapshot });
       // Pyodide keeps its options for the instance's life: without this the 31.5 MB stay
       pyodide._api.config._loadSnapshot = null;
+      // and they go now, not at a later garbage collection (the heap holds its own copy)
+      (await import('./runtime_form.js')).freeBuffer(snapshot.buffer);
     } catch (e) {
       await snapshots.reject(e);
     }
