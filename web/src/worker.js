@@ -273,8 +273,8 @@ async function loadModel(id, { bundleUrl, threads, systemPrompt, contextWindow, 
   const ortReady = ort.InferenceSession.create(IDENTITY_ONNX).then(async (s) => {
     // (ORT imported its factory through ort_wasm_capture.js when heap; a dynamic import, as
     // ort_heap.js does: the page's static imports stay what they were)
-    if (heap) ({ capturedModule: ortModule } = await import('./ort_wasm_capture.js'));
     mark('ort_init', tOrt);
+    if (heap) ({ capturedModule: ortModule } = await import('./ort_wasm_capture.js'));
     return s.release();
   });
   ortReady.catch(() => {});
