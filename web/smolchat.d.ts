@@ -194,6 +194,10 @@ export interface Info {
   warmup_ms: number;
   /** the load's timeline: {name: [start_ms, end_ms]} since it began (README "Load time") */
   stages: Record<string, [number, number]>;
+  /** MB of ORT's and Pyodide's wasm heaps as each of the Pyodide worker's stages ended (null: not reachable) */
+  heaps_mb: Record<string, { ort: number | null; python: number | null }>;
+  /** when the load began (performance.timeOrigin + its start, ms since the epoch) */
+  t0_epoch_ms: number;
   /** Pyodide memory snapshot: 'hit' | 'stored' | 'miss' | 'rejected: <why>' | 'disabled: <why>' */
   python_snapshot: string;
   download_bytes: number;

@@ -49,6 +49,7 @@ class RssSampler:
     def __init__(self, tag: str, period_s: float = 0.1):
         self.tag, self.period_s = tag, period_s
         self.peak_total = self.peak_renderer = 0
+        self.renderer_now = 0   # the largest renderer at the latest sample
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -76,6 +77,7 @@ class RssSampler:
                             pass
                     self.peak_total = max(self.peak_total, total)
                     self.peak_renderer = max(self.peak_renderer, renderer)
+                    self.renderer_now = renderer
             except psutil.Error:
                 browser = None
             self._stop.wait(self.period_s)
@@ -145,10 +147,12 @@ class BrowserRep:
     stages_cold: dict | None = None
     stages_cached: dict | None = None
     rss_page_peak_cached_bytes: int = 0  # the largest renderer during the cached load alone
+    rss_page_cached_ready_bytes: int = 0  # the renderer 0.5 s after the cached load was ready
 
 
 def run_rep(pw, page_url: str, max_tokens: int, long_text: str = prompts.LONG,
-            contexts: dict | None = None) -> dict:
+            contexts: dict | None = None, load_only: bool = False) -> dict:
+    """One repetition; load_only: the two loads and their memory, no chat turn."""
     (BENCH_CACHE / "profiles").mkdir(parents=True, exist_ok=True)
     profile = Path(tempfile.mkdtemp(prefix="chromium-", dir=BENCH_CACHE / "profiles"))
     try:
@@ -158,25 +162,27 @@ def run_rep(pw, page_url: str, max_tokens: int, long_text: str = prompts.LONG,
                              cross_origin_isolated=r["crossOriginIsolated"],
                              stages_cold=(r["info"] or {}).get("stages"))
             rep.uasm.append(br.memory())
-            br.reset(prompts.SYSTEM_PROMPT)
-            rep.turns["first"] = br.turn(prompts.FIRST, max_tokens)
-            rep.uasm.append(br.memory())
-            rep.turns["followup"] = br.turn(prompts.FOLLOW_UP, max_tokens)
-            rep.uasm.append(br.memory())
-            br.reset(None)
-            rep.turns["long"] = br.turn(long_text, 1)
-            rep.uasm.append(br.memory())
-            for name, text in (contexts or {}).items():   # the context sweep (prompts.py)
+            if not load_only:
+                br.reset(prompts.SYSTEM_PROMPT)
+                rep.turns["first"] = br.turn(prompts.FIRST, max_tokens)
+                rep.uasm.append(br.memory())
+                rep.turns["followup"] = br.turn(prompts.FOLLOW_UP, max_tokens)
+                rep.uasm.append(br.memory())
                 br.reset(None)
-                rep.turns[name] = br.turn(text, prompts.CONTEXT_TOKENS)
+                rep.turns["long"] = br.turn(long_text, 1)
+                rep.uasm.append(br.memory())
+                for name, text in (contexts or {}).items():   # the context sweep (prompts.py)
+                    br.reset(None)
+                    rep.turns[name] = br.turn(text, prompts.CONTEXT_TOKENS)
             time.sleep(0.3)  # one more RSS sample after the last step
             rep.rss_page_peak_bytes, rep.rss_total_peak_bytes = br.rss.peak_renderer, br.rss.peak_total
         with Chromium(pw, profile) as br:
             r = br.open(page_url)
             rep.ready_cached_ms = r["ready_ms"]
             rep.stages_cached = (r["info"] or {}).get("stages")
-            time.sleep(0.3)  # one more RSS sample after ready
+            time.sleep(0.5)  # more RSS samples after ready (before any memory measurement, which collects garbage)
             rep.rss_page_peak_cached_bytes = br.rss.peak_renderer
+            rep.rss_page_cached_ready_bytes = br.rss.renderer_now
         return asdict(rep)
     finally:
         shutil.rmtree(profile, ignore_errors=True)

@@ -3,6 +3,7 @@
     python -m smolchat_bench                      # full: 128 tokens, 3 repetitions, 1 and 2 threads
     python -m smolchat_bench --quick              # 16 tokens, 1 repetition (development, CI)
     python -m smolchat_bench --systems native,wllama --threads 1 --out /tmp/b
+    python -m smolchat_bench --load-only --systems smolchat,wllama --threads 1   # ready + memory
     python -m smolchat_bench --soak [--turns 200] [--bundle ID]   # memory soak (soak.py)
 
 Systems: smolchat, wllama, transformersjs (browser, served from one local origin with
@@ -11,7 +12,8 @@ llama.cpp when llama-cpp-python is importable; --with-llama-cpp builds it, ~6 mi
 runtime form's memory in ORT Web's wasm, run in Node: runtime_memory.mjs).
 A system that cannot run is reported as not available with the reason; the others still run.
 Full runs write bench/results/latest.{json,md} (committed) and a timestamped copy under
-bench/results/raw/; quick runs write bench/results/raw/quick.{json,md} unless --out is given.
+bench/results/raw/; quick runs write bench/results/raw/quick.{json,md} (--load-only runs
+raw/load.{json,md}) unless --out is given.
 """
 
 from __future__ import annotations
@@ -78,6 +80,9 @@ def parse_args(argv):
     ap.add_argument("--out", type=Path, help="directory for the JSON and Markdown")
     ap.add_argument("--smolchat-bundle", default=BUNDLE_ID,
                     help="bundle id under models/ for the smolchat row (default %(default)s)")
+    ap.add_argument("--load-only", action="store_true",
+                    help="browser systems: the cold and cached loads and their memory only, no chat "
+                         "turn (ready times, load stages, renderer RSS; the other rows stay empty)")
     ap.add_argument("--with-llama-cpp", action="store_true",
                     help="build llama-cpp-python (~6 min) if it is missing, for the native llama.cpp row")
     a = ap.parse_args(argv)
@@ -167,7 +172,8 @@ def run_browser(args, systems: list[str], results: dict, n_long: int | None, che
                     t0 = time.monotonic()
                     try:
                         r = browser.run_rep(pw, url, args.max_tokens, prompts.long_prompt(args.quick),
-                                            prompts.CONTEXTS if args.contexts else None)
+                                            prompts.CONTEXTS if args.contexts else None,
+                                            load_only=args.load_only)
                     except Exception as e:
                         reason = str(e) if isinstance(e, browser.SystemUnavailable) else \
                             f"{type(e).__name__}: {e}"
@@ -343,7 +349,7 @@ def main(argv=None) -> None:
     args.prompt_tokens = n_prompt
     results = {
         "schema": report.SCHEMA,
-        "mode": "quick" if args.quick else "full",
+        "mode": ("load-only, " if args.load_only else "") + ("quick" if args.quick else "full"),
         "created_utc": started.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "settings": {"systems": args.systems, "threads": args.threads, "reps": args.reps,
                      "max_new_tokens": args.max_tokens, "sampling": "greedy",
@@ -360,8 +366,8 @@ def main(argv=None) -> None:
     }
     if args.out:
         out_dir, stem = args.out, "latest"
-    elif args.quick:
-        out_dir, stem = RESULTS / "raw", "quick"
+    elif args.quick or args.load_only:
+        out_dir, stem = RESULTS / "raw", "load" if args.load_only else "quick"
     else:
         out_dir, stem = RESULTS / "raw", started.strftime("%Y%m%dT%H%M%SZ")
 
@@ -371,7 +377,7 @@ def main(argv=None) -> None:
         results["load_average"] = load.finish() if final else load.snapshot()
         results["duration_s"] = round((dt.datetime.now(dt.timezone.utc) - started).total_seconds(), 1)
         paths = report.write(results, out_dir, stem)
-        if not args.out and not args.quick:  # the committed table follows a full run as it goes
+        if not args.out and not args.quick and not args.load_only:  # the committed table follows a full run as it goes
             paths = report.write(results, RESULTS)
         return paths
 

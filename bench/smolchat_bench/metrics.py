@@ -34,6 +34,7 @@ METRICS = {
     "memory_rss_page_mb": ("MB", "lower", "peak RSS, page renderer / native process (MB)"),
     "memory_rss_total_mb": ("MB", "lower", "peak RSS, all browser processes (MB)"),
     "memory_rss_cached_load_mb": ("MB", "lower", "peak RSS, page renderer, cached load alone (MB)"),
+    "memory_rss_cached_ready_mb": ("MB", "lower", "RSS, page renderer, 0.5 s after the cached load is ready (MB)"),
 }
 
 
@@ -45,18 +46,24 @@ def summary(samples: list[float], unit: str, better: str) -> dict:
             "max": round(max(xs), 3) if xs else None}
 
 
-def ttft_ms(turn: dict) -> float | None:
+def ttft_ms(turn: dict | None) -> float | None:
+    if not turn:   # not run (--load-only)
+        return None
     if turn.get("times"):
         return turn["times"][0] - turn["t0"]
     # no streamed piece (the only token was an end token): the reply's end is the first token
     return turn["t1"] - turn["t0"] if turn.get("tokens") else None
 
 
-def generated(turn: dict) -> int:
+def generated(turn: dict | None) -> int:
+    if not turn:
+        return 0
     return turn["tokens"] if turn.get("tokens") is not None else len(turn.get("times") or [])
 
 
 def decode_tok_s(turn: dict) -> float | None:
+    if not turn:
+        return None
     times, n = turn.get("times") or [], generated(turn)
     if n < 2 or len(times) < 2 or times[-1] <= times[0]:
         return None
@@ -70,13 +77,13 @@ def figures(reps: list[dict], prompt_tokens_long: int | None,
     rss_page_peak_bytes, rss_total_peak_bytes when measured."""
     col = {k: [] for k in METRICS}
     for r in reps:
-        t = r["turns"]
+        t = {"first": None, "followup": None, "long": None, **r["turns"]}   # none with --load-only
         col["ready_cold_ms"].append(r.get("ready_cold_ms"))
         col["ready_cached_ms"].append(r.get("ready_cached_ms"))
         col["ttft_first_ms"].append(ttft_ms(t["first"]))
         col["ttft_followup_ms"].append(ttft_ms(t["followup"]))
         col["decode_tok_s"] += [decode_tok_s(t["first"]), decode_tok_s(t["followup"])]
-        n_long = prompt_tokens_long or t["long"].get("promptTokens")
+        n_long = prompt_tokens_long or (t["long"] or {}).get("promptTokens")
         tt = ttft_ms(t["long"])
         col["prefill_tok_s"].append(n_long / (tt / 1000.0) if n_long and tt else None)
         if "ctx1500" in t:   # the context sweep ran
@@ -94,6 +101,8 @@ def figures(reps: list[dict], prompt_tokens_long: int | None,
         col["memory_rss_total_mb"].append(tot / MB if tot else None)
         cached = r.get("rss_page_peak_cached_bytes")
         col["memory_rss_cached_load_mb"].append(cached / MB if cached else None)
+        ready = r.get("rss_page_cached_ready_bytes")
+        col["memory_rss_cached_ready_mb"].append(ready / MB if ready else None)
     return {k: summary(v, *METRICS[k][:2]) for k, v in col.items()}
 
 
@@ -115,7 +124,7 @@ def decode_profile(reps: list[dict]) -> dict | None:
     totals, steps = {}, 0
     for r in reps:
         for name in ("first", "followup"):
-            extra = r["turns"][name].get("extra") or {}
+            extra = (r["turns"].get(name) or {}).get("extra") or {}
             prof = extra.get("decode_profile") or extra.get("profile")
             if not isinstance(prof, dict) or not prof.get("steps"):
                 continue
@@ -137,7 +146,7 @@ def engine_reported(reps: list[dict]) -> dict | None:
     col = {"ttft_first_ms": [], "ttft_followup_ms": [], "decode_tok_s": []}
     for r in reps:
         for name in ("first", "followup"):
-            t = ((r["turns"][name].get("extra") or {}).get("timings")) or {}
+            t = (((r["turns"].get(name) or {}).get("extra") or {}).get("timings")) or {}
             if "ttft_ms" in t:
                 col[f"ttft_{name}_ms"].append(t["ttft_ms"])
             if t.get("decode_tok_s"):

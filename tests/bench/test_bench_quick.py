@@ -86,6 +86,22 @@ def test_advantage_direction():
     assert report.advantage(None, lo) is None
 
 
+def test_load_only_records_give_ready_and_memory_rows_only():
+    """--load-only: a repetition without chat turns still gives the ready and memory figures
+    (the renderer's peak of the cached load and its RSS at ready); the turn rows stay empty."""
+    rep = {"ready_cold_ms": 9000.0, "ready_cached_ms": 6000.0, "turns": {}, "uasm": [{"bytes": 2.4e8}],
+           "rss_page_peak_bytes": 7e8, "rss_page_peak_cached_bytes": 6.5e8,
+           "rss_page_cached_ready_bytes": 5.5e8}
+    f = metrics.figures([rep, dict(rep, rss_page_cached_ready_bytes=5.7e8)], None)
+    assert f["ready_cached_ms"]["median"] == 6000.0
+    assert f["memory_rss_cached_load_mb"]["median"] == pytest.approx(650.0)
+    assert f["memory_rss_cached_ready_mb"]["median"] == pytest.approx(560.0)
+    for name in ("ttft_first_ms", "ttft_followup_ms", "decode_tok_s", "prefill_tok_s"):
+        assert f[name]["n"] == 0, name
+    assert metrics.decode_profile([rep]) is None and metrics.engine_reported([rep]) is None
+    assert metrics.token_counts([rep]) == {}
+
+
 def test_load_stages_medians_and_table():
     """SmolChat's worker marks -> per-stage medians (cold and cached) -> the bench's table."""
     reps = [{"stages_cold": {"python_boot": [0, 3000], "session": [3000, 6000]},

@@ -3,9 +3,10 @@
 //   form_bytes               the download form (downloadForm: weights.bin inflated)
 //   sha256, bytes, ms        expandRuntimeData (the whole model.data at once)
 //   source_sha256            runtimeDataSource read one tensor region at a time, as ORT does
-//   parts_sha256, parts_odd_reads_equal   expandParts (one buffer per tensor, what the page's
+//   parts_sha256, parts_odd_reads_equal   expandParts (~8 MB buffers of whole tensors, what the page's
 //                            load helper makes) through runtimeDataFromParts, read one region at a
 //                            time (each region is handed over once) / across borders first
+//   chunks_sha256            the same through expandParts' onChunk, each chunk structured-cloned
 //   odd_reads_equal          reads across tensor borders, padding and partial tensors equal the
 //                            same bytes of the whole expansion
 //   ort                      (when ORT_MODULE is given) the source handed to ORT Web as external
@@ -49,6 +50,16 @@ result.parts_odd_reads_equal = reads.slice(1).every(([a, b]) => sha(fromParts.su
 const partsAssembled = new Uint8Array(fromParts.byteLength);
 for (const [start, len] of regions) partsAssembled.set(fromParts.subarray(start, start + len), start);
 result.parts_sha256 = sha(partsAssembled);
+
+// As the load helper posts them: expandParts' onChunk, each chunk copied (structured clone, as
+// postMessage without a transfer list), the source buffer freed after each (runtime_form.js).
+const posted = [];
+expandParts(manifest, weights, { onChunk: (parts) => posted.push(...structuredClone(parts)) });
+const fromPosted = runtimeDataFromParts(manifest, posted.sort((x, y) => x.start - y.start));
+const postedAssembled = new Uint8Array(fromPosted.byteLength);
+for (const [start, len] of regions) postedAssembled.set(fromPosted.subarray(start, start + len), start);
+fromPosted.release();
+result.chunks_sha256 = sha(postedAssembled);
 
 if (ortUrl) {
   const ort = await import(ortUrl);

@@ -88,6 +88,8 @@ def test_js_expansion_is_bit_identical_to_numpy(tiny_bundles, node_expand_sha):
         assert js["odd_reads_equal"] is True
         # the page's load helper expands tensor by tensor (expandParts): the same bytes
         assert js["parts_sha256"] == py and js["parts_odd_reads_equal"] is True
+        # ... and posts them chunk by chunk as copies (onChunk): the same bytes
+        assert js["chunks_sha256"] == py
 
 
 def test_ort_web_reads_the_on_demand_source_one_tensor_at_a_time(tiny_bundles, node_expand_sha):

@@ -81,7 +81,12 @@ export async function downloadBundle(bundleUrl, onProgress, { cache = true } = {
   const files = await openBundleCache(base, manifest, fetchOrMissing, { enabled: cache }); // Cache Storage (issue 5)
   const bodies = await Promise.all(names.map(async (name) => {
     const entry = entries[name] || {};
-    const bytes = await readAll(await files.fetch(name), entry.bytes, onBytes);
+    const got = await files.fetch(name);
+    if (got.bytes) { // a cache hit, checked against the manifest by bundle_cache.js
+      onBytes(got.bytes.length);
+      return [name, got.bytes];
+    }
+    const bytes = await readAll(got.response, entry.bytes, onBytes);
     if (entry.bytes !== undefined && entry.bytes !== bytes.length) {
       throw makeError('bundle_corrupt', `${name} has ${bytes.length} bytes, the manifest says ` +
         `${entry.bytes}: the download was cut or the bundle is stale; rebuild it`, { file: name });
@@ -96,8 +101,11 @@ export async function downloadBundle(bundleUrl, onProgress, { cache = true } = {
   const decoder = new TextDecoder();
   const texts = { manifest: manifestText };
   for (const n of TEXT_FILES) texts[n] = decoder.decode(byName[n]);
-  const { downloadForm } = await import('./runtime_form.js');
-  const form = downloadForm(manifest, byName[weightsName]);
+  const { downloadForm, freeBuffer } = await import('./runtime_form.js');
+  const weights = byName[weightsName];
+  delete byName[weightsName];
+  // weights.bin's own bytes are freed once inflated (nothing else reads them)
+  const form = downloadForm(manifest, weights).then((f) => { if (f !== weights) freeBuffer(weights.buffer); return f; });
   form.catch(() => {}); // observed by createSession
   return { manifest, texts, graph: byName[graphName], form, total, cache: await files.report() };
 }
@@ -139,6 +147,7 @@ export async function createSession(ort, bundle, { onRead, onSlice, graph } = {}
   } catch (e) {
     throw loadError(e);
   }
+  const source = data;
   if (onRead || onSlice) data = watchedReads(data, onRead || (() => {}), onSlice || (() => {}));
   try {
     // (an error of the expansion inside ORT's read surfaces as ORT's "failed to load external
@@ -161,6 +170,7 @@ export async function createSession(ort, bundle, { onRead, onSlice, graph } = {}
     }
     throw err;
   } finally {
+    if (source.release) source.release(); // the last tensor's buffer (runtimeDataFromParts)
     bundle.form = null; // the download form is in the wasm heap now, expanded
     bundle.parts = null; // each tensor's buffer went with ORT's read of it
     bundle.graph = null;

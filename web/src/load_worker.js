@@ -1,26 +1,30 @@
 // Helper worker of one model load: gets the bundle (Cache Storage or network, bundle_loader.js
 // downloadBundle: bytes + sha256 checked), inflates weights.bin and expands it into model.data
-// (runtime_form.js), on its own thread, while the Pyodide worker boots Python. Then it hands
-// everything over (transferred, not copied) and the worker that made it terminates it.
+// (runtime_form.js), on its own thread, while the Pyodide worker boots Python. It hands the
+// expanded data over once that worker's thread is free (copied, ~8 MB a message: see below)
+// and the worker that made it terminates it after 'done', which frees all it held.
 //
 // Why a second worker: the Pyodide worker's one thread is busy 2-3 s booting Python; before,
 // the Cache Storage read, the inflate and the int4 -> int8 expansion (inside ORT's session
 // create) queued behind it. Here they run on the other core. The ORT session itself is NOT made
 // here: it, the KV tensors and ort_glue.js stay in the Pyodide worker (no per-token hop).
 //
-// Messages in:  {bundleUrl, cache, stallTimeoutMs}
+// Messages in:  {bundleUrl, cache, stallTimeoutMs}  (starts the load)
+//               {type: 'send'}  (the Pyodide worker can take model.data now)
 // Messages out: {type: 'started'} (once, as soon as this module runs)
 //               {type: 'progress', stage: 'download' | 'expand', loaded, total}
 //               {type: 'mark', name, start, end, origin}  (ms: this worker's performance.now(), its timeOrigin)
-//               {type: 'done', bundle: {manifest, texts, graph, data, total, cache}}
+//               {type: 'texts', texts: {name: string}}  (the bundle's text files, once verified)
+//               {type: 'parts', parts: [{start, bytes}]}  (model.data's regions, one buffer a message)
+//               {type: 'done', bundle: {manifest, texts, graph, total, cache}}
 //               {type: 'error', error: <SmolChatError wire form>}
-// graph: model.onnx bytes; data: model.data bytes (manifest.runtime.expanded_bytes), both
-// Uint8Arrays whose buffers are transferred.
+// graph: model.onnx bytes; parts: model.data (manifest.runtime.expanded_bytes) region by region
+// (runtime_form.js expandParts), all 'parts' messages before 'done'. Copied, not transferred.
 //
 // What this module ignores: Python, ORT, the tokenizer, the page's progress bar.
 
 import { downloadBundle, loadError } from './bundle_loader.js';
-import { expandParts } from './runtime_form.js';
+import { expandParts, freeBuffer } from './runtime_form.js';
 import { toSmolChatError } from './errors.js';
 import { installFetchWatch, beginLoad, loadFault } from './fetch_watch.js';
 
@@ -37,13 +41,23 @@ function mark(name, start) {
   return end;
 }
 
-self.onmessage = async ({ data: { bundleUrl, cache, stallTimeoutMs } }) => {
+// worker.js says 'send' once its thread is free to take model.data (Python has booted)
+let sendNow = () => {};
+const sendAllowed = new Promise((resolve) => { sendNow = resolve; });
+
+self.onmessage = ({ data }) => {
+  if (data.type === 'send') sendNow();
+  else load(data);
+};
+
+async function load({ bundleUrl, cache, stallTimeoutMs }) {
   beginLoad({ stall: stallTimeoutMs, bundle: bundleUrl.endsWith('/') ? bundleUrl : bundleUrl + '/' });
   try {
     let t = performance.now();
     const bundle = await downloadBundle(bundleUrl, ({ loaded, total }) =>
       post({ type: 'progress', stage: 'download', loaded, total }), { cache });
     t = mark('read_verify', t);
+    post({ type: 'texts', texts: bundle.texts });   // (worker.js builds the tokenizer meanwhile)
     let form;
     try { form = await bundle.form; } catch (e) { throw loadError(e); }
     t = mark('inflate', t);
@@ -55,16 +69,29 @@ self.onmessage = async ({ data: { bundleUrl, cache, stallTimeoutMs } }) => {
         onProgress: (done) => { if (done % 10 === 0 || done === total) post({ type: 'progress', stage: 'expand', loaded: done, total }); },
       });
     } catch (e) { throw loadError(e); }
+    freeBuffer(form.buffer);   // (the inflated weights.bin: expanded, not read again)
     form = null;
     mark('expand', t);
+    // model.data goes over one ~8 MB buffer a message, copied (no transfer list): Chromium
+    // gives a copy's memory back when the Pyodide worker frees it after ORT has read it, a
+    // transferred buffer's only when that worker ends (runtime_form.js freeBuffer). Only once
+    // worker.js can take them: messages queued while its thread boots Python would hold a
+    // second copy until they are read (measured: +140 MB at a cold load's peak).
+    await sendAllowed;
+    const byBuffer = new Map();
+    for (const p of parts) byBuffer.set(p.bytes.buffer, [...(byBuffer.get(p.bytes.buffer) || []), p]);
+    parts = null;
+    for (const [buffer, mine] of byBuffer) {
+      post({ type: 'parts', parts: mine });
+      freeBuffer(buffer);
+    }
+    byBuffer.clear();
     const { manifest, texts, graph, cache: report } = bundle;
-    const buffers = [...new Set(parts.map((p) => p.bytes.buffer))];
-    post({ type: 'done', bundle: { manifest, texts, graph, parts, total: bundle.total, cache: report } },
-         [graph.buffer, ...buffers]);
+    post({ type: 'done', bundle: { manifest, texts, graph, total: bundle.total, cache: report } });
   } catch (e) {
     const err = toSmolChatError(e);
     // a download fault (stall, cut, missing site file) is the cause of whatever it broke
     const fault = ['bundle_missing', 'network', 'site_incomplete'].includes(err.kind) ? null : loadFault();
     post({ type: 'error', error: (fault || err).toJSON() });
   }
-};
+}

@@ -386,7 +386,7 @@ export function regionsOf(t) {
 
 const KEEP_BYTES = 1 << 22; // parts up to this size are kept (copied) until ORT asks for them
 
-// Run one tensor's op into `scratch` (a Uint8Array at offset 0 of its buffer, big enough):
+// Run one tensor's op into `scratch` (a Uint8Array, big enough):
 // -> [Uint8Array view per region, in regionsOf order]. Every op writes all of its bytes, except
 // with `smallOnly` (q4c_i8, q4_1_i8): scales and float rows only, the int8 table left unwritten.
 function expandTensor(t, w, dv, scratch, smallOnly = false) {
@@ -397,7 +397,7 @@ function expandTensor(t, w, dv, scratch, smallOnly = false) {
   const local = { ...t, dst: 0, skip_int8: smallOnly };
   if (parts.length > 1) local.dst_scale = offsets[1];
   if (parts.length > 2) local.dst_float = offsets[2];
-  OPS[t.op](local, w, dv, scratch, new DataView(scratch.buffer, 0, size));
+  OPS[t.op](local, w, dv, scratch, new DataView(scratch.buffer, scratch.byteOffset, size));
   return parts.map((r, i) => scratch.subarray(offsets[i], offsets[i] + r.bytes));
 }
 
@@ -504,36 +504,75 @@ export function runtimeDataSource(manifest, weightsBytes) {
  * as ORT copies them; see runtimeDataFromParts). Same bytes as expandRuntimeData.
  * @param {object} manifest  the bundle's manifest.json (or its `runtime` section)
  * @param {Uint8Array} weightsBytes  the download form (downloadForm: weights.bin inflated)
- * @param {{onProgress?: (done: number, total: number) => void}} [options]
+ * @param {{onProgress?: (done: number, total: number) => void,
+ *          onChunk?: (parts: {start: number, bytes: Uint8Array}[]) => void}} [options]
+ *   onChunk: each buffer's regions as soon as it is expanded; the buffer is freed when
+ *   onChunk returns (freeBuffer), so it copies what it keeps (postMessage without transfer)
  * @returns {{start: number, bytes: Uint8Array}[]} one entry per region (regionsOf), sorted by
- *   start; the regions of one tensor are views of one ArrayBuffer of their own
+ *   start (empty with onChunk); views of ArrayBuffers of ~8 MB (CHUNK_BYTES) that each hold
+ *   consecutive tensors
  */
 export function expandParts(manifest, weightsBytes, options = {}) {
   const rt = runtimeOf(manifest);
   if (!(weightsBytes instanceof Uint8Array)) throw new TypeError("weightsBytes must be a Uint8Array");
   const dv = new DataView(weightsBytes.buffer, weightsBytes.byteOffset, weightsBytes.byteLength);
   const out = [];
-  rt.tensors.forEach((t, i) => {
+  rt.tensors.forEach((t) => {
     if (!OPS[t.op]) throw new Error(`bundle_corrupt: unknown runtime op ${t.op}: update SmolChat`);
-    const regions = regionsOf(t);
-    const views = expandTensor(t, weightsBytes, dv, new Uint8Array(regions.reduce((n, r) => n + r.bytes, 0)));
-    regions.forEach((r, j) => out.push({ start: r.start, bytes: views[j] }));
-    if (options.onProgress) options.onProgress(i + 1, rt.tensors.length);
   });
+  const sizes = rt.tensors.map((t) => regionsOf(t).reduce((n, r) => n + r.bytes, 0));
+  let done = 0;
+  for (const [first, end] of chunks(sizes, CHUNK_BYTES)) {
+    const chunk = new Uint8Array(sizes.slice(first, end).reduce((a, b) => a + b, 0));
+    const mine = options.onChunk ? [] : out;
+    let offset = 0;
+    for (let i = first; i < end; i++) {
+      const t = rt.tensors[i];
+      const views = expandTensor(t, weightsBytes, dv, chunk.subarray(offset, offset + sizes[i]));
+      regionsOf(t).forEach((r, j) => mine.push({ start: r.start, bytes: views[j] }));
+      offset += sizes[i];
+      done += 1;
+      if (options.onProgress) options.onProgress(done, rt.tensors.length);
+    }
+    if (options.onChunk) {
+      options.onChunk(mine);
+      freeBuffer(chunk.buffer); // (onChunk copied what it keeps)
+    }
+  }
   return out.sort((a, b) => a.start - b.start);
+}
+
+// expandParts' buffers hold consecutive tensors up to this many bytes (one tensor may exceed
+// it). A buffer of ~1 MB or less (271 of the compact bundle's 272 tensors) sits in one of the
+// allocator's size buckets, which Chromium keeps mapped for a while after it is freed; a
+// larger one has a mapping of its own, given back when the buffer is freed (measured
+// 2026-12-03: the renderer stayed ~140 MB higher after the load with one buffer per tensor).
+const CHUNK_BYTES = 8 << 20;
+
+// [first, end) index ranges of consecutive sizes, each summing to >= limit (except the last
+// range, which may be smaller), a size alone when it is >= limit itself.
+function chunks(sizes, limit) {
+  const out = [];
+  let first = 0, sum = 0;
+  sizes.forEach((n, i) => {
+    sum += n;
+    if (sum >= limit) { out.push([first, i + 1]); first = i + 1; sum = 0; }
+  });
+  if (first < sizes.length) out.push([first, sizes.length]);
+  return out;
 }
 
 /**
  * model.data for ORT Web (as runtimeDataSource: a Uint8Array whose byteLength is model.data's
  * and whose subarray(begin, end) gives those bytes) from expandParts' regions. A read of one
- * whole region returns that region's view and forgets it, so each tensor's buffer can be
- * collected as soon as ORT has copied it into the wasm heap (onnxruntime-web 1.30 reads every
+ * whole region returns that region's view and forgets it, and a buffer all of whose regions
+ * ORT has copied into the wasm heap is freed at the next read (onnxruntime-web 1.30 reads every
  * region exactly once, measured on the compact bundle: 694 reads, 694 regions). A read over
  * several regions is assembled from what is still held (zeros between regions); a region
  * already handed over and asked for again throws (ORT reports "failed to load external data").
  * @param {object} manifest  the bundle's manifest.json (or its `runtime` section)
  * @param {{start: number, bytes: Uint8Array}[]} parts  expandParts' result (sorted by start);
- *   consumed (emptied), so that nothing else keeps a tensor's buffer alive
+ *   consumed (emptied), so that nothing else keeps a buffer alive
  */
 export function runtimeDataFromParts(manifest, parts) {
   const total = runtimeOf(manifest).expanded_bytes;
@@ -542,6 +581,12 @@ export function runtimeDataFromParts(manifest, parts) {
   const held = parts.map((p) => p.bytes);
   const count = parts.length;
   parts.length = 0; // consumed: this object holds the only references now
+  // regions not handed over yet, per buffer; a buffer all of whose regions ORT has copied is
+  // freed at the next read (ORT copies a region into its heap as soon as subarray returns)
+  const left = new Map();
+  for (const b of held) left.set(b.buffer, (left.get(b.buffer) || 0) + 1);
+  let done = [];
+  const release = () => { for (const buffer of done) freeBuffer(buffer); done = []; };
   const firstAfter = (offset) => { // index of the first part that ends after offset
     let lo = 0, hi = count;
     while (lo < hi) { const mid = (lo + hi) >> 1; if (ends[mid] <= offset) lo = mid + 1; else hi = mid; }
@@ -555,10 +600,13 @@ export function runtimeDataFromParts(manifest, parts) {
     get byteLength() { return total; }
     subarray(begin = 0, end = total) {
       if (!(begin >= 0 && end <= total && begin <= end)) throw new RangeError(`model.data has no bytes [${begin}, ${end})`);
+      release();
       const i = firstAfter(begin);
       if (i < count && starts[i] === begin && ends[i] === end && held[i]) {
         const view = held[i];
-        held[i] = null; // ORT copies it at once; the tensor's buffer goes with its last view
+        held[i] = null; // ORT copies it at once
+        const n = left.get(view.buffer) - 1;
+        if (n) left.set(view.buffer, n); else { left.delete(view.buffer); done.push(view.buffer); }
         return view;
       }
       const out = new Uint8Array(end - begin);
@@ -570,7 +618,22 @@ export function runtimeDataFromParts(manifest, parts) {
       return out;
     }
   }
-  return new PartsData(0);
+  const data = new PartsData(0);
+  // frees what ORT has copied (call once the session exists; reads after it still work)
+  data.release = release;
+  return data;
+}
+
+// Free an ArrayBuffer's memory now instead of at a later garbage collection (which may come
+// seconds later, at the load's memory peak): ArrayBuffer.prototype.transfer(0) detaches it
+// (Chromium 114+, Node 22+; without it the buffer waits for the collector as before).
+// Measured in Chromium 156 (2026-12-03, 17 buffers of 8 MB): this gives back the memory of a
+// buffer the worker allocated, or received as a copy (postMessage without a transfer list), at
+// once; a buffer received by *transfer* from another worker keeps its memory until the
+// receiving worker ends, detached or collected or not (load_worker.js posts copies for this).
+// Only for buffers nothing reads again.
+export function freeBuffer(buffer) {
+  if (typeof buffer.transfer === "function" && !buffer.detached) buffer.transfer(0);
 }
 
 /** Name of the external-data file the graph references (manifest.runtime.external_data). */

@@ -34,6 +34,7 @@ installFetchWatch(self, { site: here('./') });
 let host = null;       // PyProxy of smolchat.bridge.WorkerHost
 let tokenizer = null;  // @huggingface/tokenizers Tokenizer of the bundle
 let loadInfo = null;   // worker-side load facts merged into info()
+let bootedPyodide = null; // the Pyodide instance once booted (its heap size is reported)
 let queue = Promise.resolve();
 
 const post = (kind, id, content) => self.postMessage({ kind, id, content });
@@ -76,6 +77,8 @@ async function bootPython(progress, mark, { cache = true } = {}) {
       pyodide = await loadPyodide({ ...options, _loadSnapshot: snapshot });
       // Pyodide keeps its options for the instance's life: without this the 31.5 MB stay
       pyodide._api.config._loadSnapshot = null;
+      // and they go now, not at a later garbage collection (the heap holds its own copy)
+      (await import('./runtime_form.js')).freeBuffer(snapshot.buffer);
     } catch (e) {
       await snapshots.reject(e);
     }
@@ -88,6 +91,7 @@ async function bootPython(progress, mark, { cache = true } = {}) {
       try { stored = snapshots.store(pyodide.makeMemorySnapshot()); } catch (e) { stored = snapshots.reject(e); }
     }
   }
+  bootedPyodide = pyodide;
   t = mark('python_boot', t);
   progress('python', 0.7, 'Loading the SmolChat Python package');
   await pyodide.loadPackage(here(info.wheel), { messageCallback: () => {} });
@@ -141,11 +145,13 @@ function spawnHelper(url) {
 // expandParts) in place of `form`.
 // Progress and stage marks come through as they happen; a failure there, or the helper's
 // script failing to start, rejects with a typed error.
-// -> {bundle: Promise, started: Promise (the helper's scripts ran), terminate()}.
+// -> {bundle: Promise, started: Promise (the helper's scripts ran), texts: Promise (the
+// bundle's text files, verified, ahead of model.data), terminate(), send()}.
 function bundleFromHelper(url, cache, stallTimeoutMs, onProgress, onMark) {
   let helper = null;
   let onStarted = () => {};
   const started = new Promise((resolve) => { onStarted = resolve; });
+  let onTexts = () => {};   // (set below, before any message can arrive)
   const bundle = new Promise((resolve, reject) => {
     try {
       helper = spawnHelper(new URL(here('./load_worker.js')));
@@ -154,11 +160,14 @@ function bundleFromHelper(url, cache, stallTimeoutMs, onProgress, onMark) {
       return;
     }
     const end = (fn, value) => { helper.terminate(); fn(value); };
+    let parts = [];   // model.data's regions as they come (runtimeDataFromParts wants them by start)
     helper.onmessage = ({ data: m }) => {
       if (m.type === 'started') onStarted();
       else if (m.type === 'progress') onProgress(m);
       else if (m.type === 'mark') onMark(m.name, m.start, m.end, m.origin);
-      else if (m.type === 'done') end(resolve, m.bundle);
+      else if (m.type === 'parts') parts.push(...m.parts);
+      else if (m.type === 'texts') onTexts(m.texts);
+      else if (m.type === 'done') { m.bundle.parts = parts.sort((a, b) => a.start - b.start); parts = null; end(resolve, m.bundle); }
       else if (m.type === 'error') end(reject, errorFromWire(m.error));
     };
     helper.onerror = (event) => {
@@ -169,7 +178,13 @@ function bundleFromHelper(url, cache, stallTimeoutMs, onProgress, onMark) {
     helper.onmessageerror = () => end(reject, makeError('internal', 'the load helper worker sent an unreadable message'));
     helper.postMessage({ bundleUrl: url, cache, stallTimeoutMs });
   });
-  return { bundle, started, terminate: () => helper && helper.terminate() };
+  const texts = new Promise((resolve, reject) => { onTexts = resolve; bundle.catch(reject); });
+  texts.catch(() => {});
+  return {
+    bundle, started, texts, terminate: () => helper && helper.terminate(),
+    // this thread is free: the helper may send model.data (load_worker.js)
+    send: () => helper && helper.postMessage({ type: 'send' }),
+  };
 }
 
 async function load(id, content) {
@@ -233,8 +248,11 @@ async function loadModel(id, { bundleUrl, threads, systemPrompt, contextWindow, 
   };
   // stage marks: name -> [start, end], ms since this load began (the helper's on our clock)
   const marks = {};
-  const mark = (name, start, end = performance.now()) => {
+  // the two wasm heaps (MB) at the end of each of this worker's stages: they only grow
+  const heaps = {};
+  const mark = (name, start, end = performance.now(), here = true) => {
     marks[name] = [Math.round(start - t0), Math.round(end - t0)];
+    if (here) heaps[name] = heapsMb(bootedPyodide);
     return end;
   };
 
@@ -253,7 +271,13 @@ async function loadModel(id, { bundleUrl, threads, systemPrompt, contextWindow, 
   // ORT's wasm (14 MB) is fetched and compiled now (V8 compiles off this thread) instead of
   // at the session, after Python: a one-node session initializes the runtime.
   const tOrt = performance.now();
-  const ortReady = ort.InferenceSession.create(IDENTITY_ONNX).then((s) => { mark('ort_init', tOrt); return s.release(); });
+  const ortReady = ort.InferenceSession.create(IDENTITY_ONNX).then(async (s) => {
+    // (ORT imported its factory through ort_wasm_capture.js when heap; a dynamic import, as
+    // ort_heap.js does: the page's static imports stay what they were)
+    mark('ort_init', tOrt);
+    if (heap) ({ capturedModule: ortModule } = await import('./ort_wasm_capture.js'));
+    return s.release();
+  });
   ortReady.catch(() => {});
   // the LM head kernel (lm_head.js; 8 KB) compiles meanwhile too
   const lmKernel = lmHead === false ? null : WebAssembly.compileStreaming(fetch(here('./kernels/lm_head.wasm')));
@@ -268,7 +292,7 @@ async function loadModel(id, { bundleUrl, threads, systemPrompt, contextWindow, 
   }, (name, start, end, origin) => {
     // the helper's performance.now() counts from its own timeOrigin
     const shift = origin - performance.timeOrigin;
-    mark(name, start + shift, end + shift);
+    mark(name, start + shift, end + shift, false);
   });
   helper.bundle.catch(() => {});
   // Chromium loads a nested worker's scripts through this worker's thread: let the helper start
@@ -283,6 +307,11 @@ async function loadModel(id, { bundleUrl, threads, systemPrompt, contextWindow, 
     helper.terminate();
     throw e;
   }
+  helper.send();
+  // the tokenizer while the helper still inflates and expands (its texts come with the read)
+  let t = performance.now();
+  tokenizer = makeTokenizer(await helper.texts, url);
+  mark('tokenizer', t);
   const tb = performance.now();
   const bundle = await helper.bundle;
   await ortReady.catch((e) => { throw makeError('internal', `ONNX Runtime did not start (${e.message || e}): rebuild the site (./build.sh site)`); });
@@ -291,10 +320,7 @@ async function loadModel(id, { bundleUrl, threads, systemPrompt, contextWindow, 
   // download update now would show the 'download' stage again).
   runtime.finish();
   parts.download = { fraction: 1, message: 'Model read' };
-  mark('wait_bundle', tb);
-  let t = performance.now();
-  tokenizer = makeTokenizer(bundle.texts, url);
-  t = mark('tokenizer', t);
+  t = mark('wait_bundle', tb);
   progress('compile', 0.5, 'Creating the ONNX Runtime session');
   let shown = 0; // (one update per 2% of the weights, not one per each of ~700 reads)
   // the compact graph's LM head runs in our kernel: ORT gets the graph without it
@@ -361,10 +387,19 @@ async function loadModel(id, { bundleUrl, threads, systemPrompt, contextWindow, 
     warmup_ms: marks.warmup ? marks.warmup[1] - marks.warmup[0] : null,
     download_bytes: bundle.total,
     stages: marks, // {name: [start_ms, end_ms]} since the load began; helper stages overlap python
+    heaps_mb: heaps, // {stage: {ort, python}}: the wasm heaps' sizes (MB) as this worker's stages end
+    t0_epoch_ms: performance.timeOrigin + t0,
     python_snapshot: await pythonSnapshot, // 'hit' | 'stored' | 'miss' | 'rejected: ...' | 'disabled: ...'
     ...bundle.cache, // from_cache, cache ('hit' | 'miss' | 'disabled: <reason>'), cache_name, network_bytes
   };
   return { ...info, ...loadInfo };
+}
+
+// {ort, python}: MB of ORT's and Pyodide's wasm heaps (null when not reachable).
+let ortModule = () => null;   // ort_wasm_capture.js capturedModule, once ORT has started
+function heapsMb(pyodide) {
+  const mb = (m) => (m && m.HEAPU8 ? Math.round(m.HEAPU8.length / 1048576) : null);
+  return { ort: mb(ortModule()), python: mb(pyodide && pyodide._module) };
 }
 
 // The JS tokenizer of the bundle; a file that passed its sha256 but is no tokenizer is
