@@ -12,7 +12,7 @@
 export type SmolChatErrorKind =
   | 'model_not_loaded' | 'invalid_setting' | 'context_window_exceeded' | 'bundle_missing'
   | 'bundle_corrupt' | 'kv_cache_mismatch' | 'aborted' | 'out_of_memory' | 'storage_full'
-  | 'invalid_input' | 'network' | 'site_incomplete' | 'internal';
+  | 'invalid_input' | 'network' | 'site_incomplete' | 'unsupported_template' | 'internal';
 
 /** Every rejection is one of these; `name` is 'AbortError' for an aborted call. */
 export declare class SmolChatError extends Error {
@@ -21,7 +21,8 @@ export declare class SmolChatError extends Error {
    *  'BundleCorrupt' | 'KVCacheMismatch' | 'AbortError' | 'OutOfMemory' | 'StorageFull' |
    *  'InvalidInput' | 'NetworkError' (a download failed, stalled or was cut; details {url,
    *  retryable: true}: load again) | 'SiteIncomplete' (a runtime file of the site is missing:
-   *  rebuild it with ./build.sh site) | 'InternalError' */
+   *  rebuild it with ./build.sh site) | 'UnsupportedTemplate' (the bundle's chat template
+   *  cannot be rendered; the message says why) | 'InternalError' */
   name: string;
   /** e.g. {field, value, allowed} for InvalidSetting; {needed, window, ...} for ContextWindowExceeded */
   details: Record<string, unknown>;
