@@ -52,6 +52,11 @@ export interface LoadProgress {
 }
 
 export interface LoadOptions {
+  /** A bundle id served next to smolchat.js (`models/<id>/`): 'compact', 'exact' or the id a
+   *  build gave (`./build.sh bundle --adapter DIR` prints it), e.g. 'my-lora'. An id is 1-100
+   *  letters, digits, '.', '_' or '-' starting with a letter or digit (else InvalidSetting);
+   *  one not served ends the load in BundleMissing. Give `bundle` or `bundleUrl`, not both. */
+  bundle?: string;
   /** Bundle folder URL, relative to the page. Default: the compact bundle next to smolchat.js. */
   bundleUrl?: string;
   onProgress?: (progress: LoadProgress) => void;

@@ -36,7 +36,7 @@
 //
 // What this module ignores: how the model runs (smolchat.js and below).
 
-import { SmolChat } from './smolchat.js';
+import { SmolChat, BUNDLE_ID, bundleIdUrl } from './smolchat.js';
 import { STAGES } from './protocol.js';
 import { replyView, copyButton, adoptMarkdownCss } from './markdown.js';
 
@@ -44,7 +44,7 @@ const DEFAULT_BUNDLE = 'smollm2-135m-instruct-compact';
 
 export function resolveBundleUrl(attr, base = document.baseURI) {
   if (!attr) return new URL(`./models/${DEFAULT_BUNDLE}/`, import.meta.url).href;
-  if (!/[/:.]/.test(attr)) return new URL(`./models/${attr}/`, import.meta.url).href;
+  if (BUNDLE_ID.test(attr)) return bundleIdUrl(attr);   // an id: models/<id>/ next to widget.js
   return new URL(attr, base).href;
 }
 

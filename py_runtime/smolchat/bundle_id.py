@@ -58,6 +58,10 @@ def resolve(name: str, models: Path) -> Path:
     if PATTERN.fullmatch(name) and (d / "manifest.json").is_file():
         return d
     path = Path(name)
+    if not path.is_dir() and ("/" in name or "\\" in name):
+        raise BundleMissing(f"no bundle folder {name}: build one with ./build.sh bundle, or give "
+                            f"a bundle id (built: {', '.join(available(models)) or 'none'})",
+                            bundle=name)
     if path.is_dir():
         if not (path / "manifest.json").is_file():
             raise BundleMissing(f"{name} is not a bundle folder (no manifest.json): give a "

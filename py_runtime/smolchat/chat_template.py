@@ -10,7 +10,8 @@ Two renderers, one interface (`ChatTemplate`):
   When the first message is not a system message, SmolLM2's template inserts a default system
   message; `default_system_prompt` reads it from the template text. It needs no Jinja engine,
   so it runs where jinja2 is not installed. Where jinja2 is installed, a template is taken
-  as ChatML only when jinja2 renders sample conversations to exactly the same text.
+  as ChatML only when jinja2 renders sample conversations to exactly the same text (SmolLM2's
+  own template is known to: `_KNOWN_CHATML`, so its load imports no jinja2).
 * **Jinja path** (any other template, e.g. Llama 3's with `bos_token` and header tokens): the
   template is compiled once by jinja2 in a sandbox set up as transformers'
   `apply_chat_template` sets it up (trim_blocks, lstrip_blocks, loopcontrols, `tojson`,
@@ -37,6 +38,7 @@ What this module ignores: history trimming, the KV cache, generation.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from typing import Callable, Iterable, Sequence
@@ -50,6 +52,9 @@ ROLES = ("system", "user", "assistant")
 # is rendered by the Jinja path.
 _REQUIRED = (IM_START, IM_END, "add_generation_prompt", IM_START + "assistant")
 _DEFAULT_SYSTEM = re.compile(r"<\|im_start\|>system(?:\n|\\n)(.*?)<\|im_end\|>", re.DOTALL)
+# sha256 of ChatML template texts whose Jinja rendering equals the fast path's (SmolLM2's:
+# tests/engine/test_chat_template.py checks it): no jinja2 import and check at load for them.
+_KNOWN_CHATML = {"872be49dbb638044ad01b60388f48d469ff2980e5f0dccdc22ec907db54d0788"}
 # Private-use characters marking cuts in special strings of message contents (Jinja path);
 # the first one that occurs in neither the template nor the content is used.
 _MARKERS = tuple(chr(c) for c in range(0xE000, 0xE010))
@@ -190,7 +195,8 @@ class ChatTemplate:
             self._start, self._end = special_tokens[IM_START], special_tokens[IM_END]
             self._newline = self.encode_plain("\n")
             self._generation_prompt = [self._start, *self.encode_plain("assistant\n")]
-            if _jinja2() is not None and not self._chatml_matches_jinja():
+            known = hashlib.sha256(template.encode()).hexdigest() in _KNOWN_CHATML
+            if not known and _jinja2() is not None and not self._chatml_matches_jinja():
                 self.kind = "jinja"
         else:
             self.kind = "jinja"

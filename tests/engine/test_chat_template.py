@@ -10,12 +10,13 @@ ChatML: the fast path and the Jinja path give the same ids (bit-identical to tod
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import pytest
 
-from smolchat.chat_template import ChatTemplate, split_specials
+from smolchat.chat_template import _KNOWN_CHATML, ChatTemplate, split_specials
 from smolchat.errors import UnsupportedTemplate
 from smolchat.fake_backend import SMOLLM2_CHAT_TEMPLATE
 
@@ -186,6 +187,8 @@ def test_chatml_fast_path_equals_the_jinja_path():
             if messages[0]["role"] != "system" else messages
         assert fast.render_ids(messages) == slow.render_ids(messages)
     assert fast.generation_prompt_ids() == slow.generation_prompt_ids()
+    assert fast._chatml_matches_jinja()      # the sample check _KNOWN_CHATML skips for it
+    assert hashlib.sha256(SMOLLM2_CHAT_TEMPLATE.encode()).hexdigest() in _KNOWN_CHATML
 
 
 @pytest.mark.parametrize("template, says", [
