@@ -1,4 +1,4 @@
-"""CLI: python -m smolchat_build bundle|score|goldens (see README "Commands")."""
+"""CLI: python -m smolchat_build bundle|score|goldens|demo-adapter (see README "Commands")."""
 
 from __future__ import annotations
 
@@ -38,6 +38,11 @@ def main(argv=None) -> int:
     g = sub.add_parser("goldens", help="golden prompt ids + greedy ids from the fp32 reference")
     g.add_argument("--source", default=None)
     g.add_argument("--out", default=None, help="default models/goldens.json")
+    d = sub.add_parser("demo-adapter", help="a small random LoRA adapter for the base (to try "
+                                            "adapter -> bundle -> eval; it teaches nothing)")
+    d.add_argument("out", help="new folder for adapter_config.json + adapter_model.safetensors")
+    d.add_argument("--source", default=None, help="its base, as for bundle (default: SmolLM2)")
+    d.add_argument("--scale", type=float, default=0.02, help="std of the lora_B weights")
     a = ap.parse_args(argv)
     try:
         if a.cmd == "bundle":
@@ -47,6 +52,10 @@ def main(argv=None) -> int:
                 qt = 0 if a.source == "tiny-random" else DEFAULT_QUALITY_TOKENS
             out = build(a.preset, a.source, a.adapter, a.out, a.force, qt, a.name)
             print(f"bundle id: {out.name} ({out})")
+        elif a.cmd == "demo-adapter":
+            from .adapter import make_demo_adapter
+            from .bundle import CACHE
+            print(f"wrote {make_demo_adapter(Path(a.out), a.source, CACHE, a.scale)}")
         elif a.cmd == "score":
             from .score import score
             print(json.dumps(score(Path(a.textfile), Path(a.bundle), a.tokens, a.window),

