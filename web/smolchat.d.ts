@@ -383,7 +383,12 @@ export declare class SmolChatElement extends HTMLElement {
   toggle(): void;
 }
 
+/** The widget's `bundle` attribute -> a bundle URL: a bundle id ('my-lora', 'compact') is
+ *  models/<id>/ next to widget.js, anything else a URL relative to `base` (the page). */
 export declare function resolveBundleUrl(attr: string | null, base?: string): string;
+/** A bundle id -> the URL of models/<id>/ next to `base` (default: next to smolchat.js), or an
+ *  InvalidSetting error naming the rule. */
+export declare function bundleIdUrl(id: string, base?: string): string;
 
 declare global {
   interface HTMLElementTagNameMap {

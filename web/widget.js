@@ -13,8 +13,9 @@
 // DOMPurify allow-list, http(s) links only, raw HTML shown as text): never live HTML or script.
 //
 // Attributes:
-//   bundle         bundle URL (relative to the page), or a bundle id served next to widget.js
-//                  ("tiny-random" -> <widget dir>/models/tiny-random/); default: the compact
+//   bundle         a bundle id served next to widget.js ("my-lora" -> <widget dir>/models/my-lora/:
+//                  letters, digits, '.', '_', '-'; compact / exact), or a bundle URL (relative to
+//                  the page: anything with '/' or ':'); default: the compact
 //                  SmolLM2 bundle next to widget.js
 //                  (on another origin than the page's or SmolChat's only with allowed-origins)
 //   allowed-origins  space-separated origins `bundle` may come from besides those two, or *
