@@ -175,7 +175,9 @@ def test_bundle_ids_are_checked_and_missing_ones_named(tmp_path):
         with pytest.raises(InvalidSetting, match="bundle id"):
             ids.check(bad)
     with pytest.raises(InvalidSetting):
-        ids.resolve("../../etc", tmp_path)
+        ids.resolve("a b", tmp_path)
+    with pytest.raises(BundleMissing, match="no bundle folder ../no-such"):
+        ids.resolve("../no-such", tmp_path)
     with pytest.raises(BundleMissing, match=r"no bundle 'other'.*built: a-bundle.*--name other"):
         ids.resolve("other", tmp_path)
 
