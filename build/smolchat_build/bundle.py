@@ -25,10 +25,39 @@ DEFAULT_QUALITY_TOKENS = 10_240
 CALIBRATION_TOKENS = 8192
 
 
-def bundle_id(preset: str, source: str | None) -> str:
-    if source == "tiny-random":
+def bundle_id(preset: str, source: str | None, adapter: str | None = None,
+              name: str | None = None) -> str:
+    """The stock ids for the stock source; any other source or an adapter gets its own id:
+    `name`, else the adapter's (or the source's) folder or file name, plus -exact for exact."""
+    from smolchat import bundle_id as ids
+    from smolchat.errors import InvalidSetting
+    if name is not None:
+        try:
+            return ids.check(name)
+        except InvalidSetting as e:
+            raise BuildError(f"--name {name!r}: {e.details['allowed']}") from None
+    if adapter is None and source is None:
+        return f"smollm2-135m-instruct-{preset}"
+    if adapter is None and source == "tiny-random":
         return "tiny-random" if preset == "compact" else f"tiny-random-{preset}"
-    return f"smollm2-135m-instruct-{preset}"
+    p = Path(adapter if adapter is not None else source)
+    base = ids.derive(p.resolve().name if p.is_dir() else p.stem)
+    return base if preset == "compact" else f"{base}-{preset}"
+
+
+def _check_own_id(final: Path, source: str | None, adapter) -> None:
+    """A bundle from another source or an adapter never takes a stock bundle's id."""
+    from smolchat import bundle_id as ids
+    stock = set(ids.STOCK.values()) | {"tiny-random", "tiny-random-exact"}
+    mine = (source is None and adapter is None) or (source == "tiny-random" and adapter is None
+                                                     and final.name.startswith("tiny-random"))
+    if final.name in stock and not mine:
+        raise BuildError(f"{final.name} is the id of a stock bundle: a bundle built from "
+                         f"--source or --adapter gets an id of its own (pass --name ID, or "
+                         f"leave out --out)")
+    if not ids.PATTERN.fullmatch(final.name):
+        raise BuildError(f"--out {final}: its folder name is the bundle id, and "
+                         f"{final.name!r} is not {ids.ALLOWED}")
 
 
 def _source_key(spec: str | None, adapter: Path | None) -> dict:
@@ -84,6 +113,15 @@ def _recipe(preset: str, quality_tokens: int) -> dict:
     return r
 
 
+def _over_budget(what: str, source, adapter) -> None:
+    """The 70 MiB budget gates the stock bundle. A bundle of its own (another source, an
+    adapter: merged matrices are re-rounded and compress less well, e.g. +0.4 MB for a LoRA
+    on q_proj and v_proj) is kept with a warning: it is the user's download to judge."""
+    if source in (None, "tiny-random") and adapter is None:
+        raise BuildError(f"{what}: change the recipe")
+    say(f"warning: {what}; kept (the budget gates the stock bundle only)")
+
+
 def _up_to_date(out: Path, key: dict, recipe: dict) -> bool:
     from smolchat.errors import SmolChatError
     from smolchat.runtime_form import verify_bundle
@@ -113,11 +151,23 @@ def _files_info(d: Path) -> dict:
 
 def build(preset: str = "compact", source: str | None = None, adapter: str | None = None,
           out: str | None = None, force: bool = False,
-          quality_tokens: int = DEFAULT_QUALITY_TOKENS) -> Path:
+          quality_tokens: int = DEFAULT_QUALITY_TOKENS, name: str | None = None) -> Path:
     if preset not in PRESETS:
         raise BuildError(f"unknown preset {preset!r}: use one of {', '.join(PRESETS)}")
     adapter_p = Path(adapter) if adapter else None
-    out_p = Path(out) if out else MODELS / bundle_id(preset, source)
+    bid = bundle_id(preset, source, adapter, name)
+    out_p = Path(out) if out else MODELS / bid
+    if name is not None and out_p.name != bid:
+        raise BuildError(f"--name {name} and --out {out}: the bundle id is the folder's name, "
+                         f"give one of them (or --out .../{name})")
+    _check_own_id(out_p, source, adapter_p)
+    if adapter_p is not None:   # seconds, before the base model loads (adapter.py)
+        from .adapter import base_dims, check_adapter
+        t = time.monotonic()
+        if source is not None and source != "tiny-random" and not Path(source).exists():
+            raise BuildError(f"--source {source}: no such file or folder")
+        check_adapter(adapter_p, base_dims(source, CACHE))
+        say(f"adapter {adapter_p}: LoRA shapes fit the base ({time.monotonic() - t:.1f} s)")
     key = _source_key(source, adapter_p)
     recipe = _recipe(preset, quality_tokens)
     if not force and _up_to_date(out_p, key, recipe):
@@ -189,7 +239,10 @@ def _build_into(tmp: Path, preset, source, adapter, key, recipe, quality_tokens,
             tk.check_smollm2(tok)
 
     with timed("export"):
-        ekey = hashlib.sha256(json.dumps([key, EXPORT_VERSION], sort_keys=True).encode()).hexdigest()
+        # adapter merges: since 2026-12-03 only the changed matrices are re-rounded (source.py)
+        merge = ["changed-only"] if adapter is not None else []
+        ekey = hashlib.sha256(json.dumps([key, EXPORT_VERSION, *merge],
+                                         sort_keys=True).encode()).hexdigest()
         edir = CACHE / "export" / ekey[:16]
         fp32 = edir / "model.onnx"
         if not fp32.exists():
@@ -279,6 +332,11 @@ def _build_into(tmp: Path, preset, source, adapter, key, recipe, quality_tokens,
                      "context_length": int(tcfg.get("model_max_length", 8192)),
                      "eos_token_id": eos, "bos_token_id": cfg.bos_token_id},
            "runtime": rt}
+    if adapter is not None or source not in (None, "tiny-random"):
+        # info().model_name: what this bundle is, beside the stock ones
+        base = {None: "SmolLM2-135M-Instruct", "tiny-random": "tiny-random (random weights)"}
+        man["model_name"] = (base.get(source) or Path(source).stem) + (
+            f" + LoRA {Path(adapter).resolve().name}" if adapter is not None else "")
 
     def write_manifest():
         files = _files_info(tmp)
@@ -303,8 +361,8 @@ def _build_into(tmp: Path, preset, source, adapter, key, recipe, quality_tokens,
     say(f"bundle files: " + ", ".join(f"{k} {v['bytes']:,}" for k, v in man["files"].items())
         + f"; total {total:,} bytes")
     if BUDGET[preset] is not None and total > BUDGET[preset]:
-        raise BuildError(f"bundle is {total:,} bytes, over the {preset} budget of "
-                         f"{BUDGET[preset]:,} bytes (70 MiB): change the recipe")
+        _over_budget(f"bundle is {total:,} bytes, over the {preset} budget of "
+                     f"{BUDGET[preset]:,} bytes (70 MiB)", source, adapter)
 
     quality = {}
     with timed("verify_runtime"):
@@ -352,5 +410,5 @@ def _build_into(tmp: Path, preset, source, adapter, key, recipe, quality_tokens,
     man["timings_s"] = timings
     total = write_manifest()
     if BUDGET[preset] is not None and total > BUDGET[preset]:
-        raise BuildError(f"bundle is {total:,} bytes with its manifest, over the {preset} "
-                         f"budget of {BUDGET[preset]:,} bytes (70 MiB): change the recipe")
+        _over_budget(f"bundle is {total:,} bytes with its manifest, over the {preset} "
+                     f"budget of {BUDGET[preset]:,} bytes (70 MiB)", source, adapter)

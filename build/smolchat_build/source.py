@@ -218,14 +218,19 @@ def _round_model_to_grid(model, keep: dict | None = None) -> dict:
     return out
 
 
+def tiny_config() -> dict:
+    """The tiny model's LlamaConfig fields (adapter.py reads them without building it)."""
+    return dict(vocab_size=49152, hidden_size=64, intermediate_size=128,
+                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                max_position_embeddings=8192, rope_theta=100000.0, rms_norm_eps=1e-5,
+                tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+
+
 def tiny_random_model(seed: int = 0):
     """2 layers, hidden 64, the real vocabulary (49152): for fast loader development/tests."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
-    cfg = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128,
-                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                      max_position_embeddings=8192, rope_theta=100000.0, rms_norm_eps=1e-5,
-                      tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    cfg = LlamaConfig(**tiny_config())
     torch.manual_seed(seed)
     model = LlamaForCausalLM(cfg).eval()
     with torch.no_grad():  # visible norms so a norm mix-up cannot hide behind all-ones weights
@@ -307,9 +312,17 @@ def load_source(spec: str | None, cache: Path, adapter: Path | None = None) -> S
         adapter = Path(adapter)
         src.adapter_sha256 = _sha_files([p for p in adapter.iterdir() if p.is_file()])
         say(f"adapter: merging {adapter} (sha256 {src.adapter_sha256[:16]}...)")
+        source_grid = src.tensors
         src.model = _merge_adapter(src.model, adapter)
-        src.tensors = {}  # merged weights leave the source grid: round them again
-        src.notes.append("adapter merged, then re-rounded to Q4_1/Q8_0 (RTN)")
+        # the matrices the adapter changed leave the source grid: round them again (RTN); the
+        # others keep the source's values exactly (and compress as the stock bundle does)
+        sd = src.model.state_dict()
+        src.tensors = {n: q for n, q in source_grid.items()
+                       if n in sd and np.array_equal(sd[n].numpy(), q.dequant())}
+        changed = len(source_grid) - len(src.tensors)
+        src.notes.append(f"adapter merged: {changed} changed matrices re-rounded to Q4_1/Q8_0 "
+                         f"(RTN), the other {len(src.tensors)} keep the source's values"
+                         if source_grid else "adapter merged, then rounded to Q4_1/Q8_0 (RTN)")
     _check_arch(src.model.config, src.path)
     src.tensors = _round_model_to_grid(src.model, src.tensors)
     return src

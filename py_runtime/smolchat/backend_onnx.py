@@ -46,6 +46,7 @@ class OnnxBackend:
         facts = bundle_facts(tok_json, _read_json(bundle_dir / "tokenizer_config.json"),
                              self.config, self.generation_config)
         self.chat_template: str = facts["chat_template"]
+        self.template_tokens: dict = facts["template_tokens"]
         self.special_tokens: dict[str, int] = facts["special_tokens"]
         self.eos_token_ids: tuple[int, ...] = facts["eos_token_ids"]
         self.max_context: int = facts["max_context"]

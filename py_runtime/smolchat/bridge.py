@@ -62,6 +62,7 @@ class OrtWebBackend:
         facts = bundle_facts(tok_json, json.loads(texts.tokenizer_config), self.config,
                              self.generation_config)
         self.chat_template: str = facts["chat_template"]
+        self.template_tokens: dict = facts["template_tokens"]
         self.special_tokens: dict[str, int] = facts["special_tokens"]
         self.eos_token_ids: tuple[int, ...] = facts["eos_token_ids"]
         self.max_context: int = facts["max_context"]

@@ -49,8 +49,9 @@ def _parser() -> argparse.ArgumentParser:
                                 description="SmolLM2-135M-Instruct chat in the terminal.")
     sub = p.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--bundle", type=Path, default=None,
-                        help=f"bundle folder (default: models/{BUNDLE_ID})")
+    common.add_argument("--bundle", default=None,
+                        help=f"a bundle id under models/ (compact, exact, my-lora), or a bundle "
+                             f"folder (default: models/{BUNDLE_ID})")
     common.add_argument("--system", default=None, help="system prompt")
     common.add_argument("--threads", type=int, default=2)
     common.add_argument("--context-window", type=int, default=2048)
@@ -82,7 +83,11 @@ def main(argv: list[str] | None = None, backend=None, stdin=None, stdout=None) -
     try:
         if backend is None:
             from .backend_onnx import OnnxBackend
-            backend = OnnxBackend.load(args.bundle or default_bundle(), threads=args.threads)
+            bundle = default_bundle()
+            if args.bundle is not None:
+                from .bundle_id import resolve
+                bundle = resolve(args.bundle, bundle.parent)
+            backend = OnnxBackend.load(bundle, threads=args.threads)
         engine = ChatEngine(backend, context_window=args.context_window,
                             system_prompt=args.system)
         if args.command == "ask":

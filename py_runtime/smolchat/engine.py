@@ -190,7 +190,8 @@ class ChatEngine:
                                  f"an integer in [{MIN_CONTEXT_WINDOW}, {max_context}]")
         self.backend = backend
         self.context_window = context_window
-        self.template = ChatTemplate(backend.chat_template, backend.special_tokens, backend.encode)
+        self.template = ChatTemplate(backend.chat_template, backend.special_tokens, backend.encode,
+                                     getattr(backend, "template_tokens", None))
         base = GenerationSettings.from_generation_config(getattr(backend, "generation_config", None))
         if isinstance(defaults, GenerationSettings):
             self.defaults = resolve(base, defaults.to_dict())
@@ -320,9 +321,9 @@ class ChatEngine:
             raise InvalidInput("apply_chat_template takes a list of {role: 'system'|'user'|"
                                "'assistant', content: str} messages")
         messages = [{"role": m["role"], "content": m["content"]} for m in messages]
-        ids = [] if messages and messages[0]["role"] == "system" \
-            else self._system_ids(self.system_prompt)
-        return ids + self.template.render_ids(messages, bool(add_generation_prompt))
+        if not (messages and messages[0]["role"] == "system") and self.system_prompt is not None:
+            messages.insert(0, {"role": "system", "content": self.system_prompt})
+        return self.template.render_ids(messages, bool(add_generation_prompt))
 
     # ------------------------------------------------------------------ entry points
 
@@ -370,7 +371,7 @@ class ChatEngine:
     # ------------------------------------------------------------------ prompts
 
     def _system_ids(self, system: str | None) -> list[int]:
-        return [] if system is None else self.template.message_ids("system", system)
+        return self.template.system_ids(system)
 
     def _exchange_ids(self) -> list[list[int]]:
         m = self._messages

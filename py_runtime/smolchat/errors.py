@@ -19,6 +19,7 @@ KINDS = (
     "invalid_input",           # malformed message / history
     "network",                 # a download failed, stalled or was cut (browser; retryable)
     "site_incomplete",         # a runtime file of the served site is missing (browser)
+    "unsupported_template",    # the bundle's chat template cannot be rendered (chat_template.py)
 )
 
 
@@ -79,3 +80,9 @@ class OutOfMemory(SmolChatError):
 
 class InvalidInput(SmolChatError):
     kind = "invalid_input"
+
+
+class UnsupportedTemplate(SmolChatError):
+    """The bundle's chat template cannot be rendered (jinja2 refuses it, it needs jinja2
+    where there is none, or its messages do not render one after another)."""
+    kind = "unsupported_template"

@@ -64,7 +64,11 @@ def bundle_facts(tokenizer_json: dict, tokenizer_config: dict, config: dict,
         token = token.get("content") if isinstance(token, dict) else token
         eos = specials.get(token, 2)
     return {
-        "chat_template": tokenizer_config["chat_template"],
+        "chat_template": tokenizer_config.get("chat_template") or "",
+        # the token strings templates use ({{ bos_token }}): str or {"content": str}
+        "template_tokens": {k: tokenizer_config[k] for k in
+                            ("bos_token", "eos_token", "unk_token", "pad_token")
+                            if k in tokenizer_config},
         "special_tokens": specials,
         "eos_token_ids": tuple(eos) if isinstance(eos, list) else (int(eos),),
         "max_context": int(config.get("max_position_embeddings", 2048)),

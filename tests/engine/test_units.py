@@ -9,7 +9,8 @@ import pytest
 
 from smolchat.chat_template import (ChatTemplate, check_template, default_system_prompt,
                                     split_specials)
-from smolchat.errors import BundleCorrupt, InvalidSetting
+from smolchat import chat_template
+from smolchat.errors import InvalidSetting, UnsupportedTemplate
 from smolchat.fake_backend import SMOLLM2_CHAT_TEMPLATE, FakeBackend
 from smolchat.sampling import argmax, sample
 from smolchat.settings import GenerationSettings, resolve
@@ -105,14 +106,17 @@ def test_stop_matcher(stops, chunks, emitted, stopped):
 
 # ------------------------------------------------------------------ chat template
 
-def test_template_check_and_default_system_prompt():
+def test_template_check_and_default_system_prompt(monkeypatch):
     check_template(SMOLLM2_CHAT_TEMPLATE)
     assert default_system_prompt(SMOLLM2_CHAT_TEMPLATE) == \
         "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
     escaped = SMOLLM2_CHAT_TEMPLATE.replace("system\nYou", "system\\nYou")
     assert default_system_prompt(escaped).startswith("You are a helpful")
     llama = "{{ bos_token }}{% for m in messages %}[INST] {{ m['content'] }} [/INST]{% endfor %}"
-    with pytest.raises(BundleCorrupt):
+    check_template(llama)                       # not ChatML: jinja2 renders it
+    monkeypatch.setattr(chat_template, "_jinja2", lambda: None)   # a runtime without jinja2
+    check_template(SMOLLM2_CHAT_TEMPLATE)       # ChatML needs no Jinja engine
+    with pytest.raises(UnsupportedTemplate, match="no jinja2"):
         check_template(llama)
 
 

@@ -14,7 +14,7 @@ import argparse
 import json
 import sys
 
-from .site import DIST, SiteError, build_site
+from .site import DIST, MODELS, SiteError, build_site
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,7 +47,11 @@ def main(argv: list[str] | None = None) -> int:
 
     a = p.parse_args(argv)
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    from smolchat.errors import SmolChatError
     try:
+        if a.cmd in ("site", "serve") and a.bundle != "compact":
+            from smolchat.bundle_id import resolve
+            resolve(a.bundle, MODELS)   # the default bundle must be built and under models/
         if a.cmd == "site":
             build_site(default_bundle=a.bundle, log=log)
             return 0
@@ -84,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     except SiteError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except SmolChatError as e:   # a bad or missing bundle id (smolchat/bundle_id.py)
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 2
 
 

@@ -22,15 +22,14 @@ import json
 import sys
 from pathlib import Path
 
-from .site import MODELS, bundle_id
+from .site import MODELS
 
 
 def bundle_dir(name: str) -> Path:
-    """compact / exact / a bundle id under models/ / a folder -> the bundle folder."""
-    path = Path(name)
-    if path.is_dir():
-        return path
-    return MODELS / bundle_id(name)
+    """compact / exact / a bundle id under models/ / a folder -> the bundle folder, or
+    InvalidSetting / BundleMissing (smolchat/bundle_id.py)."""
+    from smolchat.bundle_id import resolve
+    return resolve(str(name), MODELS)
 
 
 def main(a, log) -> int:
@@ -52,10 +51,7 @@ def main(a, log) -> int:
         cases = evals.load_cases(a.file)
         bundles = [a.bundle] + ([a.compare] if a.compare else [])
         for b in bundles:
-            d = bundle_dir(b)
-            if not (d / "manifest.json").is_file():
-                raise SmolChatError(f"no bundle {b!r} (looked for {d}/manifest.json): build it "
-                                    "with ./build.sh bundle, or give a bundle folder")
+            bundle_dir(b)
     except SmolChatError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -18,7 +18,7 @@ import os
 import time
 from pathlib import Path
 
-from .site import DIST, MODELS, build_site, bundle_id
+from .site import DIST, MODELS, build_site
 
 CHROMIUM = os.environ.get("SMOLCHAT_CHROMIUM", "/usr/bin/chromium")
 # FACTS.md: the Debian Chromium flags.
@@ -40,17 +40,18 @@ def launch_browser(playwright):
 
 
 def resolve_bundle(bundle: str) -> str:
-    """compact / exact / bundle id / folder -> the bundle id served under /models/."""
-    path = Path(bundle)
-    if path.is_dir() and (path / "manifest.json").is_file():
-        if path.resolve().parent != MODELS.resolve():
-            link = DIST / "models" / path.name
-            link.parent.mkdir(parents=True, exist_ok=True)
-            if link.is_symlink() or link.exists():
-                link.unlink()
-            link.symlink_to(path.resolve(), target_is_directory=True)
-        return path.name
-    return bundle_id(bundle)
+    """compact / exact / bundle id / folder -> the bundle id served under /models/ (a folder
+    outside models/ is linked into the site), or InvalidSetting / BundleMissing."""
+    from smolchat.bundle_id import check, resolve
+    path = resolve(str(bundle), MODELS)
+    if path.resolve().parent != MODELS.resolve():
+        check(path.name)
+        link = DIST / "models" / path.name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(path.resolve(), target_is_directory=True)
+    return path.name
 
 
 def renderer_peak_mb() -> float | None:

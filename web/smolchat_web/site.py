@@ -14,6 +14,8 @@
                                          requirements.txt; no emscripten: no libc, no JS glue)
       wheels/smolchat-*.whl              `pip wheel --no-deps py_runtime`; Pyodide's
                                          loadPackage(<absolute url>) installs it (no micropip)
+      wheels/jinja2-*, markupsafe-*      pure-Python wheels for non-ChatML chat templates
+                                         (pywheels.py), installed the same way
       models/<bundle-id>/                symlinks to models/<bundle-id>/ (every built bundle)
       site.json                          what was assembled: versions, wheel, bundles, default,
                                          runtime_files {path: bytes} (the load's progress bar)
@@ -33,6 +35,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from .pywheels import WheelError, python_wheels
 
 ROOT = Path(__file__).resolve().parents[2]
 WEB = ROOT / "web"
@@ -158,8 +162,10 @@ def find_bundles() -> dict[str, Path]:
 
 
 def bundle_id(name: str) -> str:
-    """'compact' / 'exact' -> full bundle id; anything else is taken as an id."""
-    return BUNDLE_PREFIX + name if name in ("compact", "exact") else name
+    """'compact' / 'exact' -> full bundle id; anything else is checked as an id
+    (InvalidSetting: smolchat/bundle_id.py)."""
+    from smolchat.bundle_id import full
+    return full(name)
 
 
 def _remove_stale(out: Path, assembled: set[str]) -> int:
@@ -210,6 +216,14 @@ def build_site(out: Path = DIST, default_bundle: str = DEFAULT_PRESET, log=print
     assembled.add(wheel)
     for rel in build_kernels(out, log):
         assembled.update({rel, f"kernels/.{Path(rel).stem}.hash"})
+    python_packages = []   # jinja2 + markupsafe for non-ChatML chat templates (pywheels.py)
+    try:
+        extra = python_wheels(log)
+    except WheelError as e:
+        raise SiteError(str(e)) from None
+    for w in extra:
+        put(w, f"wheels/{w.name}")
+        python_packages.append(f"wheels/{w.name}")
     removed = _remove_stale(out, assembled)
 
     models = out / "models"
@@ -229,6 +243,7 @@ def build_site(out: Path = DIST, default_bundle: str = DEFAULT_PRESET, log=print
     info = {
         "format": "smolchat-site/1",
         "wheel": wheel,
+        "python_packages": python_packages,
         "versions": {k: _npm_version(v) for k, v in NPM_PACKAGES.items()},
         "bundles": {name: f"models/{name}/" for name in bundles},
         "default_bundle": bundle_id(default_bundle),

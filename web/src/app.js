@@ -12,7 +12,7 @@
 //
 // What this module ignores: the worker, Python and ONNX Runtime (all behind SmolChat).
 
-import { SmolChat } from './smolchat.js';
+import { SmolChat, bundleIdUrl } from './smolchat.js';
 import { replyView, renderInto, copyButton, adoptMarkdownCss } from './markdown.js';
 import { STAGES } from './protocol.js';
 
@@ -99,9 +99,7 @@ async function bundleUrl() {
   let id = params.get('bundle');
   if (id && /[/:]/.test(id)) return new URL(id, location.href).href;
   const site = await (await fetch('site.json')).json();
-  if (!id) id = site.default_bundle;
-  else if (id === 'compact' || id === 'exact') id = `smollm2-135m-instruct-${id}`;
-  return new URL(`models/${id}/`, location.href).href;
+  return bundleIdUrl(id || site.default_bundle, location.href);   // InvalidSetting for a bad id
 }
 
 function setReadyUI(ready) {

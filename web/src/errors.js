@@ -20,7 +20,7 @@ export class SmolChatError extends Error {
 export const KINDS = Object.freeze([
   'model_not_loaded', 'invalid_setting', 'context_window_exceeded', 'bundle_missing',
   'bundle_corrupt', 'kv_cache_mismatch', 'aborted', 'out_of_memory', 'storage_full',
-  'invalid_input', 'network', 'site_incomplete', 'internal',
+  'invalid_input', 'network', 'site_incomplete', 'unsupported_template', 'internal',
 ]);
 
 const NAMES = {
@@ -28,7 +28,8 @@ const NAMES = {
   context_window_exceeded: 'ContextWindowExceeded', bundle_missing: 'BundleMissing',
   bundle_corrupt: 'BundleCorrupt', kv_cache_mismatch: 'KVCacheMismatch', aborted: 'AbortError',
   out_of_memory: 'OutOfMemory', storage_full: 'StorageFull', invalid_input: 'InvalidInput',
-  network: 'NetworkError', site_incomplete: 'SiteIncomplete', internal: 'InternalError',
+  network: 'NetworkError', site_incomplete: 'SiteIncomplete',
+  unsupported_template: 'UnsupportedTemplate', internal: 'InternalError',
 };
 
 export function makeError(kind, message, details = {}) {

@@ -27,6 +27,22 @@ export function defaultBundleUrl() {
   return new URL('./models/smollm2-135m-instruct-compact/', import.meta.url).href;
 }
 
+// A bundle id: the folder name under the site's models/ (py_runtime/smolchat/bundle_id.py has
+// the same rule); compact and exact name the stock SmolLM2 bundles.
+export const BUNDLE_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/;
+const STOCK_BUNDLES = { compact: 'smollm2-135m-instruct-compact', exact: 'smollm2-135m-instruct-exact' };
+
+// bundle id -> the URL of models/<id>/ next to `base` (default: next to smolchat.js), or
+// InvalidSetting naming the rule (so an id can be neither a path nor a URL).
+export function bundleIdUrl(id, base = import.meta.url) {
+  if (typeof id !== 'string' || !BUNDLE_ID.test(id)) {
+    throw makeError('invalid_setting', `invalid setting bundle=${shown(id)}: allowed a bundle id: 1-100 ` +
+      `letters, digits, '.', '_' or '-', starting with a letter or digit (e.g. my-lora), or compact / exact`,
+    { field: 'bundle', value: shown(id) });
+  }
+  return new URL(`./models/${STOCK_BUNDLES[id] || id}/`, base).href;
+}
+
 // bundleUrl (relative to the page) -> its absolute URL, or InvalidSetting when it is on an
 // origin other than the page's or SmolChat's own (where smolchat.js is served from) and not
 // in `allowed` (a list of origins or URLs, or '*'). A link like index.html?bundle=https://x/
@@ -106,8 +122,15 @@ export class SmolChat {
   // allowedOrigins: origins (or '*') a bundleUrl may come from besides the page's and
   // SmolChat's own (checkBundleOrigin). stallTimeoutMs: a download that gets no data for this
   // long ends in NetworkError (default 30000; fetch_watch.js).
-  static async load({ bundleUrl = defaultBundleUrl(), onProgress, threads, systemPrompt, contextWindow, cache,
+  // bundle: a bundle id served next to smolchat.js (models/<id>/, bundleIdUrl); bundleUrl: a
+  // bundle folder URL instead (give one of the two; neither: the compact bundle).
+  static async load({ bundle, bundleUrl, onProgress, threads, systemPrompt, contextWindow, cache,
                       allowedOrigins, stallTimeoutMs, heapKV, lmHead } = {}) {
+    if (bundle != null && bundleUrl != null) {
+      throw makeError('invalid_setting', `invalid setting bundle=${shown(bundle)}: give bundle (an id) or ` +
+        'bundleUrl (a URL), not both', { field: 'bundle', value: shown(bundle) });
+    }
+    bundleUrl = bundle != null ? bundleIdUrl(bundle) : (bundleUrl ?? defaultBundleUrl());
     if (onProgress != null && typeof onProgress !== 'function') {
       throw makeError('invalid_setting', `invalid setting onProgress=${shown(onProgress)}: allowed a function (progress) => void`,
         { field: 'onProgress', value: shown(onProgress) });

@@ -94,7 +94,8 @@ async function bootPython(progress, mark, { cache = true } = {}) {
   bootedPyodide = pyodide;
   t = mark('python_boot', t);
   progress('python', 0.7, 'Loading the SmolChat Python package');
-  await pyodide.loadPackage(here(info.wheel), { messageCallback: () => {} });
+  // our wheel, then jinja2 + markupsafe (site.json python_packages: non-ChatML templates)
+  await pyodide.loadPackage([info.wheel, ...(info.python_packages || [])].map(here), { messageCallback: () => {} });
   const bridge = pyodide.pyimport('smolchat.bridge');
   const h = bridge.WorkerHost();
   bridge.destroy();
