@@ -14,6 +14,7 @@ import json
 import threading
 import time
 from collections import Counter
+from contextlib import contextmanager
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -208,6 +209,23 @@ def new_page(context, errors: list | None = None):
     return page
 
 
+@contextmanager
+def host_page(browser, host, path: str, html: str):
+    """`html` served by the third-party host at `path`, opened in a fresh context: yields
+    (page, errors, logs), logs being the page's console.log lines in order."""
+    host.pages[path] = html
+    context = browser.new_context()
+    errors: list[str] = []
+    logs: list[str] = []
+    try:
+        page = new_page(context, errors)
+        page.on("console", lambda m: logs.append(m.text) if m.type == "log" else None)
+        page.goto(host.url + path)
+        yield page, errors, logs
+    finally:
+        context.close()
+
+
 def elapsed(t0: float) -> float:
     return round(time.monotonic() - t0, 2)
 
@@ -217,4 +235,5 @@ def kit():
     """The helpers above, for the test modules (no imports of conftest needed)."""
     return SimpleNamespace(COMPACT=COMPACT, TINY=TINY, BUNDLE_FILES=BUNDLE_FILES,
                            require_bundle=require_bundle, BundleTraffic=BundleTraffic,
-                           throttle=throttle, load_api=load_api, new_page=new_page, elapsed=elapsed)
+                           throttle=throttle, load_api=load_api, new_page=new_page, host_page=host_page,
+                           elapsed=elapsed)

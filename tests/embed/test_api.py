@@ -318,20 +318,12 @@ def test_readme_webllm_snippet_runs_unchanged(browser, origin, host, kit):
     getMessage, runtimeStatsText, interruptGenerate mid-stream, resetChat."""
     kit.require_bundle(kit.COMPACT)
     code = readme_snippet("webllm").replace("https://your-smolchat-host", origin)
-    host.pages["/webllm.html"] = ("<!doctype html><html><head><meta charset='utf-8'><link rel='icon' href='data:,'>"
-                                  "<script>window.addEventListener('error', (e) => { window.snippetError = e.message; });</script>"
-                                  f"<script type='module'>{code}\nwindow.snippetDone = true;</script></head><body></body></html>")
-    context = browser.new_context()
-    errors: list[str] = []
-    logs: list[str] = []
-    try:
-        page = kit.new_page(context, errors)
-        page.on("console", lambda m: logs.append(m.text) if m.type == "log" else None)
-        page.goto(host.url + "/webllm.html")
+    html = ("<!doctype html><html><head><meta charset='utf-8'><link rel='icon' href='data:,'>"
+            "<script>window.addEventListener('error', (e) => { window.snippetError = e.message; });</script>"
+            f"<script type='module'>{code}\nwindow.snippetDone = true;</script></head><body></body></html>")
+    with kit.host_page(browser, host, "/webllm.html", html) as (page, errors, logs):
         page.wait_for_function("() => window.snippetDone || window.snippetError")
         assert page.evaluate("() => window.snippetError || null") is None, logs
-    finally:
-        context.close()
     # the snippet's console.log lines, in order (see README)
     ttft, decode, prefill = (float(x) for x in logs[0].split())
     assert 0 < ttft < 60 and decode > 0 and prefill > 0, logs

@@ -277,15 +277,9 @@ def test_readme_embed_snippet_runs(browser, origin, host, kit):
     kit.require_bundle(kit.COMPACT)
     text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     snippet = text.split("<!-- test: embed -->", 1)[1].split("```html\n", 1)[1].split("```", 1)[0]
-    host.pages["/embed.html"] = ("<!doctype html><html><head><meta charset='utf-8'><link rel='icon' href='data:,'></head><body>"
-                                 + snippet.replace("https://your-smolchat-host", origin) + "</body></html>")
-    context = browser.new_context()
-    errors: list[str] = []
-    logs: list[str] = []
-    try:
-        page = kit.new_page(context, errors)
-        page.on("console", lambda m: logs.append(m.text) if m.type == "log" else None)
-        page.goto(host.url + "/embed.html")
+    html = ("<!doctype html><html><head><meta charset='utf-8'><link rel='icon' href='data:,'></head><body>"
+            + snippet.replace("https://your-smolchat-host", origin) + "</body></html>")
+    with kit.host_page(browser, host, "/embed.html", html) as (page, errors, logs):
         page.wait_for_function("() => customElements.get('smol-chat') !== undefined")
         assert page.locator("smol-chat .launcher").inner_text() == "Ask SmolLM2"   # opening it loads a 2nd model
         deadline = 240
@@ -294,5 +288,3 @@ def test_readme_embed_snippet_runs(browser, origin, host, kit):
             deadline -= 1
         assert logs and "Paris" in logs[0], logs
         assert errors == [], errors
-    finally:
-        context.close()

@@ -122,19 +122,11 @@ export function headlessGraph(model) {
 
 // ---- the kernel ----
 
-// -> the kernel's WebAssembly instance. source: a URL (fetched, compiled while streaming), or
-// the .wasm bytes / a WebAssembly.Module (Node tests).
+// -> the kernel's WebAssembly instance. source: a WebAssembly.Module (worker.js compiles it
+// while streaming, beside ORT's start) or the .wasm bytes (Node tests).
 export async function loadKernel(source) {
   if (source instanceof WebAssembly.Module) return WebAssembly.instantiate(source, {});
-  if (source instanceof Uint8Array || source instanceof ArrayBuffer) {
-    return (await WebAssembly.instantiate(source, {})).instance;
-  }
-  const res = await fetch(source);
-  if (!res.ok) throw new Error(`${source}: HTTP ${res.status}: rebuild the site (./build.sh site)`);
-  if (WebAssembly.instantiateStreaming && (res.headers.get('content-type') || '').startsWith('application/wasm')) {
-    return (await WebAssembly.instantiateStreaming(res, {})).instance;
-  }
-  return (await WebAssembly.instantiate(await res.arrayBuffer(), {})).instance;
+  return (await WebAssembly.instantiate(source, {})).instance;
 }
 
 const CHUNK_ROWS = 16;  // rows of the [K, V] table copied into the kernel's memory at a time
@@ -215,7 +207,7 @@ export class LmHead {
 
 // What a load needs to use the kernel: {graph (headless bytes), head (LmHead, waiting for its
 // weights through tap)}, or {graph: original, head: null, note} saying why ORT keeps the head.
-// kernel: a URL, bytes or WebAssembly.Module for loadKernel, or the Error its fetch gave;
+// kernel: a WebAssembly.Module or bytes for loadKernel, or the Error its fetch gave;
 // off: the caller turned it off.
 export async function prepareLmHead(graph, manifest, kernel, { off = false } = {}) {
   let edit;

@@ -69,7 +69,7 @@ export class HeapRunner {
     this.headDim = headDim;
     this.vocab = vocab;
     this.length = 0;                 // positions held by the KV cache
-    this.runMs = 0;                  // ms inside _OrtRun and the LM head kernel (running total)
+    this.ortMs = 0;                  // ms inside _OrtRun (running total)
     this.pastNames = inputNames.filter((n) => n.startsWith('past_key_values.'));
     this.inputNames = inputNames;
     this.head = head;
@@ -99,6 +99,9 @@ export class HeapRunner {
     this.hasLogits = false;
     this.disposed = false;
   }
+
+  // ms inside _OrtRun and the LM head kernel (running totals): the model's compute, ORT's or ours
+  get runMs() { return this.ortMs + (this.head ? this.head.ms : 0); }
 
   alloc(bytes) {
     const p = this.w._malloc(Math.max(bytes, 8));
@@ -233,7 +236,7 @@ export class HeapRunner {
       outHandles.forEach((h, i) => { u[(outValues >> 2) + i] = h; });
       const t0 = performance.now();
       const code = w._OrtRun(this.session, this.inNames, inValues, nIn, this.outNames, nOut, outValues, 0);
-      this.runMs += performance.now() - t0;
+      this.ortMs += performance.now() - t0;
       if (code !== 0) throw new Error(`ORT run failed: ${lastError(w)}`);
       // ORT writes into pre-allocated outputs; a value it allocated itself (a shape we did not
       // expect) would mean the graph does not match this runtime.
@@ -254,13 +257,11 @@ export class HeapRunner {
     }
     this.cur = 1 - this.cur;
     this.length = total;
-    if (this.head) {   // (its time counts in runMs: the model's compute, ORT's or ours)
-      const t1 = performance.now();
+    if (this.head) {
       const heap = w.HEAPU8;
       this.row = this.head.logits(heap.subarray(this.codesPtr, this.codesPtr + this.head.K),
         new Float32Array(heap.buffer, this.scalePtr, 1)[0],
         new Float32Array(heap.buffer, this.featsPtr, Math.max(this.head.F, 1)));
-      this.runMs += performance.now() - t1;
     }
     this.hasLogits = true;
     return total;
