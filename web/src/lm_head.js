@@ -12,8 +12,8 @@
 //   outputs (`lm_head.codes` uint8 [1, 1, K], `lm_head.scale` [1, 1, 1], `lm_head.features`
 //   [1, 1, F]; build/smolchat_build/graph.py). ORT runs every node of a graph whatever outputs
 //   a run asks for, so `headlessGraph` drops those nodes (and the `logits` output) from the
-//   graph bytes before the session is made: a hand-written walk over the protobuf wire format
-//   that copies every other byte as it is;
+//   graph bytes before the session is made (and the value_info of what they make): a
+//   hand-written walk over the protobuf wire format that copies every other byte as it is;
 // - `LmHead.tap` sees the runtime form's bytes as ORT reads them (bundle_loader.js
 //   createSession onSlice) and keeps the head's three weights: the table is transposed chunk
 //   by chunk, so no second [K, V] copy ever exists; ORT no longer holds its prepacked copy of
@@ -30,7 +30,7 @@ export const LM_HEAD_INPUTS = ['lm_head.codes', 'lm_head.scale', 'lm_head.featur
 
 // ---- protobuf wire format: just what the graph edit needs (ONNX onnx.proto field numbers) ----
 const MODEL_GRAPH = 7;                       // ModelProto.graph
-const GRAPH_NODE = 1, GRAPH_OUTPUT = 12;     // GraphProto.node, .output
+const GRAPH_NODE = 1, GRAPH_OUTPUT = 12, GRAPH_VALUE_INFO = 13;  // GraphProto.node, .output, .value_info
 const NODE_INPUT = 1, NODE_OUTPUT = 2, NODE_NAME = 3, NODE_OP = 4;  // NodeProto
 const VALUE_NAME = 1;                        // ValueInfoProto.name
 
@@ -95,16 +95,23 @@ export function headlessGraph(model) {
   const g = top.find((f) => f.field === MODEL_GRAPH && f.wire === 2);
   if (!g) throw new Error('bundle_corrupt: model.onnx has no graph');
   const kept = [], nodes = [];
-  for (const f of fields(b, g.data, g.end)) {
+  const graphFields = fields(b, g.data, g.end);
+  for (const f of graphFields) {
     if (f.field === GRAPH_NODE && f.wire === 2) {
       const nf = fields(b, f.data, f.end);
       const name = strings(b, nf, NODE_NAME)[0] || '';
       if (name.startsWith(LM_HEAD_PREFIX)) {
         nodes.push({ name, op: strings(b, nf, NODE_OP)[0], inputs: strings(b, nf, NODE_INPUT), outputs: strings(b, nf, NODE_OUTPUT) });
-        continue;
       }
-    } else if (f.field === GRAPH_OUTPUT && f.wire === 2) {
-      if (strings(b, fields(b, f.data, f.end), VALUE_NAME)[0] === 'logits') continue;
+    }
+  }
+  // the values only the dropped nodes make: their value_info (build shapes.py) goes too
+  const dropped = new Set(['logits', ...nodes.flatMap((n) => n.outputs)]);
+  for (const f of graphFields) {
+    if (f.field === GRAPH_NODE && f.wire === 2) {
+      if ((strings(b, fields(b, f.data, f.end), NODE_NAME)[0] || '').startsWith(LM_HEAD_PREFIX)) continue;
+    } else if ((f.field === GRAPH_OUTPUT || f.field === GRAPH_VALUE_INFO) && f.wire === 2) {
+      if (dropped.has(strings(b, fields(b, f.data, f.end), VALUE_NAME)[0])) continue;
     }
     kept.push(b.subarray(f.at, f.end));
   }
