@@ -101,7 +101,7 @@ function toI8(v, s) {
 // `rotate` b: the "h" ops (q4_1_i8h, q4c_i8h) need a power of 4 dividing k, the others none (0).
 // The rotation is in the op's name so that a runtime that does not rotate refuses the entry as
 // an unknown op instead of expanding it to wrong weights. Checked as the numpy runtime does.
-function rotationBlock(t) {
+export function rotationBlock(t) {
   const b = t.rotate ?? 0;
   const ok = t.op.endsWith("h")
     ? Number.isInteger(b) && b > 0 && !(b & (b - 1)) && Math.log2(b) % 2 === 0 && t.k % b === 0
@@ -309,6 +309,25 @@ function copy(t, w, dv, out) {
 
 const OPS = { q4c_i8: q4cI8, q4_1_i8: q41I8, q4c_i8h: q4cI8, q4_1_i8h: q41I8, q4_1z_i8h: q41I8, q4cx_i8h: q4cI8, q4_1_f32: q41F32, q8_0_f32: q80F32, copy };
 
+// The function that expands tensor t: (t, w, dv, out, outDv) => void, writing t's regions into
+// out. kernel: an ExpandKernel (expand_kernel.js, web/kernels/expand.c: the same bytes) or
+// null; the ops it does not handle run here. Should the kernel fail for another reason than
+// the bundle (its memory cannot grow), its `failed` says why and the JS ops run from then on.
+function opFor(t, kernel) {
+  const op = OPS[t.op];
+  if (!op) throw new Error(`bundle_corrupt: unknown runtime op ${t.op}: update SmolChat`);
+  if (!kernel || !kernel.handles(t)) return op;
+  return (local, w, dv, out, outDv) => {
+    if (!kernel.failed) {
+      try { return kernel.expand(local, w, out); } catch (e) {
+        if (/^bundle_corrupt: /.test(e.message)) throw e;
+        kernel.failed = e.message;
+      }
+    }
+    return op(local, w, dv, out, outDv);
+  };
+}
+
 /**
  * The download form the ops read, from weights.bin as stored: inflated when
  * manifest.runtime.weights_encoding is "zlib" (one RFC 1950 stream; DecompressionStream
@@ -352,6 +371,7 @@ export async function downloadForm(manifest, fileBytes) {
  * @returns {Uint8Array} model.data, manifest.runtime.expanded_bytes long
  */
 export function expandRuntimeData(manifest, weightsBytes, options = {}) {
+  const kernel = options.kernel || null;
   const rt = runtimeOf(manifest);
   if (!(weightsBytes instanceof Uint8Array)) throw new TypeError("weightsBytes must be a Uint8Array");
   const out = new Uint8Array(rt.expanded_bytes);
@@ -359,9 +379,7 @@ export function expandRuntimeData(manifest, weightsBytes, options = {}) {
   const outDv = new DataView(out.buffer);
   const total = rt.tensors.length;
   rt.tensors.forEach((t, i) => {
-    const op = OPS[t.op];
-    if (!op) throw new Error(`bundle_corrupt: unknown runtime op ${t.op}: update SmolChat`);
-    op(t, weightsBytes, dv, out, outDv);
+    opFor(t, kernel)(t, weightsBytes, dv, out, outDv);
     if (options.onProgress) options.onProgress(i + 1, total);
   });
   return out;
@@ -389,7 +407,7 @@ const KEEP_BYTES = 1 << 22; // parts up to this size are kept (copied) until ORT
 // Run one tensor's op into `scratch` (a Uint8Array, big enough):
 // -> [Uint8Array view per region, in regionsOf order]. Every op writes all of its bytes, except
 // with `smallOnly` (q4c_i8, q4_1_i8): scales and float rows only, the int8 table left unwritten.
-function expandTensor(t, w, dv, scratch, smallOnly = false) {
+function expandTensor(t, w, dv, scratch, smallOnly = false, kernel = null) {
   const parts = regionsOf(t);
   const offsets = [];
   let size = 0;
@@ -397,7 +415,7 @@ function expandTensor(t, w, dv, scratch, smallOnly = false) {
   const local = { ...t, dst: 0, skip_int8: smallOnly };
   if (parts.length > 1) local.dst_scale = offsets[1];
   if (parts.length > 2) local.dst_float = offsets[2];
-  OPS[t.op](local, w, dv, scratch, new DataView(scratch.buffer, scratch.byteOffset, size));
+  opFor(t, kernel)(local, w, dv, scratch, new DataView(scratch.buffer, scratch.byteOffset, size));
   return parts.map((r, i) => scratch.subarray(offsets[i], offsets[i] + r.bytes));
 }
 
@@ -426,7 +444,8 @@ function expandTensor(t, w, dv, scratch, smallOnly = false) {
  *   kept until the session exists
  * @returns {Uint8Array & {stats: {reads: number, partial: number, expansions: number, small_passes: number, bytes: number}}}
  */
-export function runtimeDataSource(manifest, weightsBytes) {
+export function runtimeDataSource(manifest, weightsBytes, options = {}) {
+  const kernel = options.kernel || null;
   const rt = runtimeOf(manifest);
   if (!(weightsBytes instanceof Uint8Array)) throw new TypeError("weightsBytes must be a Uint8Array");
   const dv = new DataView(weightsBytes.buffer, weightsBytes.byteOffset, weightsBytes.byteLength);
@@ -458,7 +477,7 @@ export function runtimeDataSource(manifest, weightsBytes) {
     if (smallOnly) stats.small_passes += 1;
     else stats.expansions += 1;
     scratch = scratch ?? new Uint8Array(largest);
-    const parts = expandTensor(region.tensor, weightsBytes, dv, scratch, smallOnly);
+    const parts = expandTensor(region.tensor, weightsBytes, dv, scratch, smallOnly, kernel);
     all.forEach((r, i) => {
       // the other small parts (scales, float rows) not yet returned are kept until asked for,
       // copied out of scratch (which the next tensor overwrites)
@@ -528,7 +547,7 @@ export function expandParts(manifest, weightsBytes, options = {}) {
     let offset = 0;
     for (let i = first; i < end; i++) {
       const t = rt.tensors[i];
-      const views = expandTensor(t, weightsBytes, dv, chunk.subarray(offset, offset + sizes[i]));
+      const views = expandTensor(t, weightsBytes, dv, chunk.subarray(offset, offset + sizes[i]), false, options.kernel || null);
       regionsOf(t).forEach((r, j) => mine.push({ start: r.start, bytes: views[j] }));
       offset += sizes[i];
       done += 1;
