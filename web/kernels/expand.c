@@ -184,21 +184,58 @@ static void row_q4c(const job *j, uint32_t n, double *table, double *v) {
 
 // v [K] times the block-diagonal Walsh-Hadamard matrix of block b, unscaled, in place:
 // butterflies h = 1, 2, 4, ..., (x_i, x_{i+h}) -> (x_i + x_{i+h}, x_i - x_{i+h}). Each output is
-// the same sum of the same two inputs as in runtime_form.js rotate, whatever the order.
+// the same sum of the same two inputs as in runtime_form.js rotate, stage after stage in the
+// same order, so the bits are the same whichever loop runs them.
+
+#define BFLY(a, b) { v128_t p_ = a; a = wasm_f64x2_add(p_, b); b = wasm_f64x2_sub(p_, b); }
+
+// h = 1 inside one vector: (a, c) -> (a + c, a - c)
+static inline v128_t bfly1(v128_t p) {
+  v128_t t = wasm_i64x2_shuffle(p, p, 1, 0);
+  return wasm_i64x2_shuffle(wasm_f64x2_add(p, t), wasm_f64x2_sub(p, t), 0, 2);
+}
+
+// b = 64 (what the build writes) in two passes held in registers: h = 1, 2, 4, 8 on runs of 16
+// values (8 vectors), then h = 16, 32 on the 4 vectors 16 values apart.
+static void rotate64(double *v, uint32_t K) {
+  for (uint32_t i = 0; i < K; i += 16) {
+    double *x = v + i;
+    v128_t a0 = bfly1(wasm_v128_load(x)), a1 = bfly1(wasm_v128_load(x + 2));
+    v128_t a2 = bfly1(wasm_v128_load(x + 4)), a3 = bfly1(wasm_v128_load(x + 6));
+    v128_t a4 = bfly1(wasm_v128_load(x + 8)), a5 = bfly1(wasm_v128_load(x + 10));
+    v128_t a6 = bfly1(wasm_v128_load(x + 12)), a7 = bfly1(wasm_v128_load(x + 14));
+    BFLY(a0, a1) BFLY(a2, a3) BFLY(a4, a5) BFLY(a6, a7)   // h = 2
+    BFLY(a0, a2) BFLY(a1, a3) BFLY(a4, a6) BFLY(a5, a7)   // h = 4
+    BFLY(a0, a4) BFLY(a1, a5) BFLY(a2, a6) BFLY(a3, a7)   // h = 8
+    wasm_v128_store(x, a0); wasm_v128_store(x + 2, a1); wasm_v128_store(x + 4, a2); wasm_v128_store(x + 6, a3);
+    wasm_v128_store(x + 8, a4); wasm_v128_store(x + 10, a5); wasm_v128_store(x + 12, a6); wasm_v128_store(x + 14, a7);
+  }
+  for (uint32_t j0 = 0; j0 < K; j0 += 64) {
+    for (uint32_t i = j0; i < j0 + 16; i += 2) {
+      v128_t a0 = wasm_v128_load(v + i), a1 = wasm_v128_load(v + i + 16);
+      v128_t a2 = wasm_v128_load(v + i + 32), a3 = wasm_v128_load(v + i + 48);
+      BFLY(a0, a1) BFLY(a2, a3)   // h = 16
+      BFLY(a0, a2) BFLY(a1, a3)   // h = 32
+      wasm_v128_store(v + i, a0); wasm_v128_store(v + i + 16, a1);
+      wasm_v128_store(v + i + 32, a2); wasm_v128_store(v + i + 48, a3);
+    }
+  }
+}
+
+// any other power of 4, stage by stage
 static void rotate(double *v, uint32_t K, uint32_t b) {
   if (b < 4) return;  // (b = 1, a power of 4 too: the identity)
+  if (b == 64) { rotate64(v, K); return; }
   for (uint32_t j0 = 0; j0 < K; j0 += b) {
     double *x = v + j0;
-    for (uint32_t i = 0; i < b; i += 2) {  // h = 1: (a, c) -> (a + c, a - c) within a vector
-      v128_t p = wasm_v128_load(x + i), t = wasm_i64x2_shuffle(p, p, 1, 0);
-      wasm_v128_store(x + i, wasm_i64x2_shuffle(wasm_f64x2_add(p, t), wasm_f64x2_sub(p, t), 0, 2));
-    }
+    for (uint32_t i = 0; i < b; i += 2) wasm_v128_store(x + i, bfly1(wasm_v128_load(x + i)));
     for (uint32_t h = 2; h < b; h <<= 1) {
       for (uint32_t i = 0; i < b; i += 2 * h) {
         for (uint32_t y = i; y < i + h; y += 2) {
           v128_t p = wasm_v128_load(x + y), q = wasm_v128_load(x + y + h);
-          wasm_v128_store(x + y, wasm_f64x2_add(p, q));
-          wasm_v128_store(x + y + h, wasm_f64x2_sub(p, q));
+          BFLY(p, q)
+          wasm_v128_store(x + y, p);
+          wasm_v128_store(x + y + h, q);
         }
       }
     }
