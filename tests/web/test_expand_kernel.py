@@ -53,3 +53,16 @@ def test_kernel_expansion_is_the_js_expansion_byte_for_byte(site, name):
     assert "could not be fetched" in fetch_error and "./build.sh site" in fetch_error
     assert "turned off by the caller" in off
     assert r["corrupt"] and r["corrupt"].startswith("bundle_corrupt: ") and "rebuild the bundle" in r["corrupt"]
+
+
+def test_kernel_matches_js_on_shapes_the_bundles_do_not_use(site):
+    """Every op the kernel takes, with options today's bundles leave out (no rotation, Hadamard
+    blocks 1, 4, 16, 256, K not a multiple of 16, an odd block count a row, Q8_0 / 5-bit /
+    coarse rows, int8 columns), over random bytes (float16 NaN and infinity included), cut
+    into strips of 3 rows: the same bytes as the JS ops."""
+    p = subprocess.run(["node", str(HELPER), str(site), "--synthetic"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    cases = json.loads(p.stdout.strip().splitlines()[-1])["synthetic"]
+    assert len(cases) == 8
+    assert [c for c in cases if not (c["same"] and c["kernel"])] == []

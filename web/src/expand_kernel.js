@@ -31,13 +31,15 @@ const F_CENTRED = 1, F_SKIP = 2, F_ZERO = 4;
 const STRIP_BYTES = 2 << 20;
 
 export class ExpandKernel {
-  // instance: the WebAssembly instance of kernels/expand.wasm
-  constructor(instance) {
+  // instance: the WebAssembly instance of kernels/expand.wasm; stripBytes: int8 output bytes
+  // per kernel call (tests make it small to cut tensors into many strips)
+  constructor(instance, { stripBytes = STRIP_BYTES } = {}) {
     const e = instance.exports;
     for (const name of ['memory', 'ex_reset', 'ex_alloc', 'ex_rows']) {
       if (!(name in e)) throw new Error(`the expansion kernel lacks ${name}: rebuild the site (./build.sh site)`);
     }
     this.e = e;
+    this.stripBytes = stripBytes;
     this.tensors = 0;   // tensors expanded here (running total)
     this.ms = 0;        // ms spent in expand() (copies in and out included)
   }
@@ -74,7 +76,7 @@ export class ExpandKernel {
     const fine = Math.max(exact, t.fine_until ?? 0);
     const coarseFrom = t.coarse_from ?? N;
     const e = this.e;
-    const rows = Math.max(1, Math.floor(STRIP_BYTES / K));
+    const rows = Math.max(1, Math.floor(this.stripBytes / K));
     for (let n0 = 0; n0 < N; n0 += rows) {
       const n1 = Math.min(N, n0 + rows), S = n1 - n0;
       const job = { kind: q41 ? 0 : 1, flags, N, K, QK, n0, n1, rot, F: fr.length, p0: 0, nc: ks.length,
