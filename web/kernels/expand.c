@@ -49,6 +49,13 @@ EXPORT("ex_alloc") void *ex_alloc(uint32_t bytes) {
   return (void *)p;
 }
 
+// The per-row functions stay functions of their own: V8 first runs a module's code from its
+// baseline compiler (Liftoff, ~4x slower here) and a call keeps running the code it started in,
+// so one long ex_rows call with everything inlined ran Liftoff code for a whole strip (in the
+// page, where the compile threads are busy with ORT and Pyodide, for the first ~30 tensors:
+// measured 2026-12-03). Called per row, each picks up its optimized code as soon as it exists.
+#define HOT __attribute__((noinline))
+
 // ---- the job ------------------------------------------------------------------------------
 
 // What runtime_form.js writes before ex_rows (uint32 words, in this order: JOB_FIELDS there).
@@ -118,7 +125,7 @@ static inline int8_t to_i8(double x, double s) {
 
 // Row of nibble codes (element 2i = low nibble of byte i) through a per-block table of 16
 // values: v[k] = table[(k / QK) * 16 + code].
-static void nibble_row(const uint8_t *codes, uint32_t K, uint32_t QK, const double *table, double *v) {
+HOT static void nibble_row(const uint8_t *codes, uint32_t K, uint32_t QK, const double *table, double *v) {
   for (uint32_t j = 0; j < K / QK; j++) {
     const double *t = table + j * 16;
     for (uint32_t i = (j * QK) >> 1; i < ((j + 1) * QK) >> 1; i++) {
@@ -132,7 +139,7 @@ static void nibble_row(const uint8_t *codes, uint32_t K, uint32_t QK, const doub
 // ---- row values ---------------------------------------------------------------------------
 
 // q4_1 / q4_1z (runtime_form.js q41I8): row r of the call.
-static void row_q41(const job *j, uint32_t r, double *table, double *v) {
+HOT static void row_q41(const job *j, uint32_t r, double *table, double *v) {
   uint32_t nb = j->K / j->QK;
   for (uint32_t b = 0; b < nb; b++) {
     uint32_t i = r * nb + b;
@@ -149,7 +156,7 @@ static inline uint32_t nibble(const uint8_t *w, uint32_t idx) {
 }
 
 // q4c / q4cx (runtime_form.js q4cI8): absolute row n.
-static void row_q4c(const job *j, uint32_t n, double *table, double *v) {
+HOT static void row_q4c(const job *j, uint32_t n, double *table, double *v) {
   const uint32_t K = j->K, QK = j->QK, nb = K / QK, r = n - j->n0;
   if (n < j->exact) {
     const int8_t *q8 = j->xcodes + (uintptr_t)r * K;
@@ -197,7 +204,7 @@ static inline v128_t bfly1(v128_t p) {
 
 // b = 64 (what the build writes) in two passes held in registers: h = 1, 2, 4, 8 on runs of 16
 // values (8 vectors), then h = 16, 32 on the 4 vectors 16 values apart.
-static void rotate64(double *v, uint32_t K) {
+HOT static void rotate64(double *v, uint32_t K) {
   for (uint32_t i = 0; i < K; i += 16) {
     double *x = v + i;
     v128_t a0 = bfly1(wasm_v128_load(x)), a1 = bfly1(wasm_v128_load(x + 2));
@@ -223,7 +230,7 @@ static void rotate64(double *v, uint32_t K) {
 }
 
 // any other power of 4, stage by stage
-static void rotate(double *v, uint32_t K, uint32_t b) {
+HOT static void rotate(double *v, uint32_t K, uint32_t b) {
   if (b < 4) return;  // (b = 1, a power of 4 too: the identity)
   if (b == 64) { rotate64(v, K); return; }
   for (uint32_t j0 = 0; j0 < K; j0 += b) {
@@ -245,7 +252,7 @@ static void rotate(double *v, uint32_t K, uint32_t b) {
 // ---- int8 ---------------------------------------------------------------------------------
 
 // max_k |v[k]| (NaN never wins, as in runtime_form.js's `a > amax`)
-static double amax(const double *v, uint32_t K) {
+HOT static double amax(const double *v, uint32_t K) {
   v128_t m0 = wasm_f64x2_splat(0), m1 = m0;
   uint32_t k = 0;
   for (; k + 4 <= K; k += 4) {
@@ -275,7 +282,7 @@ static inline v128_t q4(const double *v, v128_t inv, v128_t s) {
 }
 
 // out[k] = int8 of v[k] * inv in scale s
-static void quantize(const double *v, uint32_t K, double inv, double s, int8_t *out) {
+HOT static void quantize(const double *v, uint32_t K, double inv, double s, int8_t *out) {
   v128_t vi = wasm_f64x2_splat(inv), vs = wasm_f64x2_splat(s);
   uint32_t k = 0;
   for (; k + 16 <= K; k += 16) {
@@ -287,7 +294,7 @@ static void quantize(const double *v, uint32_t K, double inv, double s, int8_t *
 }
 
 // qb [R, K] (R rows of int8) -> q[k * S + r0 + r]: the [K, S] layout ORT reads
-static void transpose(const int8_t *qb, uint32_t R, uint32_t K, int8_t *q, uint32_t S, uint32_t r0) {
+HOT static void transpose(const int8_t *qb, uint32_t R, uint32_t K, int8_t *q, uint32_t S, uint32_t r0) {
   for (uint32_t k = 0; k < K; k++) {
     int8_t *d = q + (uintptr_t)k * S + r0;
     for (uint32_t r = 0; r < R; r++) d[r] = qb[(uintptr_t)r * K + k];

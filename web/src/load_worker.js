@@ -55,10 +55,14 @@ self.onmessage = ({ data }) => {
 
 async function load({ bundleUrl, cache, stallTimeoutMs, expandKernel }) {
   beginLoad({ stall: stallTimeoutMs, bundle: bundleUrl.endsWith('/') ? bundleUrl : bundleUrl + '/' });
-  // the expansion kernel (~20 KB) compiles while the bundle is read
-  const kernelModule = expandKernel === false ? null
-    : WebAssembly.compileStreaming(fetch(new URL('./kernels/expand.wasm', import.meta.url)));
-  if (kernelModule) kernelModule.catch(() => {});
+  // the expansion kernel (~20 KB) compiles, starts and warms up while the bundle is read
+  const kernelReady = (expandKernel === false ? Promise.resolve(null)
+    : WebAssembly.compileStreaming(fetch(new URL('./kernels/expand.wasm', import.meta.url))).catch((e) => e))
+    .then((source) => loadExpandKernel(source, { off: expandKernel === false }))
+    .then((r) => {
+      try { r.kernel?.warmUp(); } catch (e) { return { kernel: null, note: `the expansion kernel could not start: ${e.message}` }; }
+      return r;
+    });
   try {
     let t = performance.now();
     const bundle = await downloadBundle(bundleUrl, ({ loaded, total }) =>
@@ -69,7 +73,7 @@ async function load({ bundleUrl, cache, stallTimeoutMs, expandKernel }) {
     try { form = await bundle.form; } catch (e) { throw loadError(e); }
     t = mark('inflate', t);
     const total = bundle.manifest.runtime.tensors.length;
-    const { kernel, note } = await loadExpandKernel(await kernelModule?.catch((e) => e), { off: expandKernel === false });
+    const { kernel, note } = await kernelReady;
     let parts;
     try {
       parts = expandParts(bundle.manifest, form, {
