@@ -1,6 +1,7 @@
 // Helper worker of one model load: gets the bundle (Cache Storage or network, bundle_loader.js
 // downloadBundle: bytes + sha256 checked), inflates weights.bin and expands it into model.data
-// (runtime_form.js), on its own thread, while the Pyodide worker boots Python. It hands the
+// (runtime_form.js; the int4 -> int8 ops in web/kernels/expand.c, expand_kernel.js), on its own
+// thread, while the Pyodide worker boots Python. It hands the
 // expanded data over once that worker's thread is free (copied, ~8 MB a message: see below)
 // and the worker that made it terminates it after 'done', which frees all it held.
 //

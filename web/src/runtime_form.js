@@ -14,6 +14,10 @@
 //   them into the wasm heap, and this object expands just those bytes, so the JS copy of
 //   model.data (142 MB) that expandRuntimeData makes is not part of the load's peak memory.
 //
+// Each of the three takes {kernel}: an ExpandKernel (expand_kernel.js) runs the int4 -> int8 ops
+// in web/kernels/expand.c (WebAssembly SIMD, the same bytes, ~3x faster); without it, or for
+// ops it does not take, the JS ops below run.
+//
 // What it leaves to others: fetching/caching the files, verifying their sha256, creating the
 // ORT Web session: `ort.InferenceSession.create(modelBytes, {externalData: [{path:
 // manifest.runtime.external_data, data: runtimeDataSource(manifest, weightsBytes)}]})`.
@@ -367,7 +371,8 @@ export async function downloadForm(manifest, fileBytes) {
  * Expand the download form into model.data (synchronous).
  * @param {object} manifest  the bundle's manifest.json (or its `runtime` section)
  * @param {Uint8Array} weightsBytes  the download form (downloadForm: weights.bin inflated)
- * @param {{onProgress?: (done: number, total: number) => void}} [options]
+ * @param {{onProgress?: (done: number, total: number) => void, kernel?: object}} [options]
+ *   kernel: an ExpandKernel (expand_kernel.js) for the int4 -> int8 ops, or none: JS
  * @returns {Uint8Array} model.data, manifest.runtime.expanded_bytes long
  */
 export function expandRuntimeData(manifest, weightsBytes, options = {}) {
@@ -442,6 +447,7 @@ function expandTensor(t, w, dv, scratch, smallOnly = false, kernel = null) {
  * @param {object} manifest  the bundle's manifest.json (or its `runtime` section)
  * @param {Uint8Array} weightsBytes  the download form (downloadForm: weights.bin inflated),
  *   kept until the session exists
+ * @param {{kernel?: object}} [options]  kernel: an ExpandKernel (expand_kernel.js), or none: JS
  * @returns {Uint8Array & {stats: {reads: number, partial: number, expansions: number, small_passes: number, bytes: number}}}
  */
 export function runtimeDataSource(manifest, weightsBytes, options = {}) {
@@ -524,7 +530,8 @@ export function runtimeDataSource(manifest, weightsBytes, options = {}) {
  * @param {object} manifest  the bundle's manifest.json (or its `runtime` section)
  * @param {Uint8Array} weightsBytes  the download form (downloadForm: weights.bin inflated)
  * @param {{onProgress?: (done: number, total: number) => void,
- *          onChunk?: (parts: {start: number, bytes: Uint8Array}[]) => void}} [options]
+ *          onChunk?: (parts: {start: number, bytes: Uint8Array}[]) => void, kernel?: object}} [options]
+ *   kernel: an ExpandKernel (expand_kernel.js) for the int4 -> int8 ops, or none: JS
  *   onChunk: each buffer's regions as soon as it is expanded; the buffer is freed when
  *   onChunk returns (freeBuffer), so it copies what it keeps (postMessage without transfer)
  * @returns {{start: number, bytes: Uint8Array}[]} one entry per region (regionsOf), sorted by
