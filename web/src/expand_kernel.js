@@ -52,8 +52,9 @@ export class ExpandKernel {
   // Run the kernel's code on two small made-up tensors (q4_1z_i8h and q4cx_i8h, 64 rows of
   // 576, random bytes; ~10 ms), results thrown away, so that V8 has its optimized code before
   // the real expansion starts: load_worker.js calls this while the bundle is still being read.
-  // (The first tensor is the 28 MB embedding: measured in the page, 2026-12-03, it took
-  // 540-870 ms when its calls ran the baseline code, 140 ms optimized.)
+  // (The first tensor is the 28 MB embedding: measured in the page's cached loads, 2026-12-03,
+  // it took 540-870 ms when its calls ran the baseline code, 140 ms optimized; with this
+  // warm-up and expand.c's per-row functions, 180-260 ms, load average 3-6.)
   warmUp() {
     const N = 64, K = 576, QK = 32, nb = K / QK;
     const w = new Uint8Array(1 << 17);
