@@ -73,6 +73,9 @@ export interface LoadOptions {
   /** false: ONNX Runtime computes the compact bundle's LM head (default true: our WebAssembly
    * SIMD kernel, web/kernels/lm_head.c, the same logits bit for bit, ~4x faster) */
   lmHead?: boolean;
+  /** false: expand the int4 weights to int8 in JavaScript (default true: our WebAssembly SIMD
+   * kernel, web/kernels/expand.c, the same bytes, ~3x faster; info().expand says which ran) */
+  expandKernel?: boolean;
   /** Origins (or '*') a bundleUrl may come from besides the page's and SmolChat's own;
    *  another origin is an InvalidSetting error. Widget: allowed-origins="https://a https://b". */
   allowedOrigins?: string[] | '*';
@@ -204,6 +207,14 @@ export interface Info {
   heaps_mb: Record<string, { ort: number | null; python: number | null }>;
   /** when the load began (performance.timeOrigin + its start, ms since the epoch) */
   t0_epoch_ms: number;
+  /** 'kernel': the load helper expanded int4 -> int8 in web/kernels/expand.c (WebAssembly
+   * SIMD, the same bytes); 'js': in runtime_form.js */
+  expand: 'kernel' | 'js';
+  /** why JS expanded (expandKernel: false, the kernel missing, the exact bundle); null when
+   * the kernel did */
+  expand_note: string | null;
+  /** ms the kernel's calls took (0 when it did not run) */
+  expand_kernel_ms: number;
   /** Pyodide memory snapshot: 'hit' | 'stored' | 'miss' | 'rejected: <why>' | 'disabled: <why>' */
   python_snapshot: string;
   download_bytes: number;

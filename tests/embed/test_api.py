@@ -270,7 +270,8 @@ GREEDY_PROMPTS = [FRANCE, "Name three fruits.", "Write a haiku about the sea."]
 def test_greedy_ids_agree_across_kv_paths(api):
     """Reproducible greedy in the browser: the page's heap KV cache (ort_heap.js) with the LM
     head in our kernel (lm_head.js), ORT's public session.run path with ORT's own LM head
-    (heapKV: false, lmHead: false, a second instance in the same page) give the same ids for
+    (heapKV: false, lmHead: false, and model.data expanded in JS, expandKernel: false: a
+    second instance in the same page) give the same ids for
     the same prompts, and the second asking of each prompt, which finds all of its prompt but
     the last token in the KV cache, gives them again, as does asking after a chat under another
     system prompt (the prefixes are prefilled again, in chunks of other lengths). (The CPython
@@ -278,10 +279,11 @@ def test_greedy_ids_agree_across_kv_paths(api):
     whose float rounding differs from WebAssembly's: its ids can part from the browser's at a
     near-tie; README, "Reproducible greedy".)"""
     r = call(api, """const { SmolChat } = await import('/smolchat.js');
-      const plain = await SmolChat.load({ bundleUrl: '/models/smollm2-135m-instruct-compact/', heapKV: false, lmHead: false });
+      const plain = await SmolChat.load({ bundleUrl: '/models/smollm2-135m-instruct-compact/', heapKV: false, lmHead: false, expandKernel: false });
       const [a, b] = [await bot.info(), await plain.info()];
       const out = { heap: [], again: [], plain: [], cached: [], kinds: [a.kv_cache, b.kv_cache],
-                    note: b.kv_cache_note, heads: [a.lm_head, b.lm_head], head_note: b.lm_head_note };
+                    note: b.kv_cache_note, heads: [a.lm_head, b.lm_head], head_note: b.lm_head_note,
+                    expands: [a.expand, b.expand], expand_note: b.expand_note };
       for (const p of arg) {
         out.heap.push((await bot.instruct(p, { temperature: 0, maxTokens: 24 })).output_token_ids);
         const again = await bot.instruct(p, { temperature: 0, maxTokens: 24 });
@@ -301,6 +303,8 @@ def test_greedy_ids_agree_across_kv_paths(api):
       return out;""", GREEDY_PROMPTS)
     assert r["kinds"] == ["wasm-heap", "js-tensors"] and "heapKV: false" in r["note"]
     assert r["heads"] == ["kernel", "ort"] and "lmHead: false" in r["head_note"]
+    # the int4 -> int8 expansion: our kernel (expand.c) in the page's load, JS in the second's
+    assert r["expands"] == ["kernel", "js"] and "expandKernel: false" in r["expand_note"]
     assert r["cached"] == [1] * len(GREEDY_PROMPTS)
     assert r["heap"] == r["again"] == r["plain"] == r["after"]
 

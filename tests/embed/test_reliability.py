@@ -192,18 +192,24 @@ def test_missing_runtime_file_says_rebuild_the_site_not_the_bundle(blank, faulty
     assert r["s"] < 120, r
 
 
-def test_missing_lm_head_kernel_falls_back_to_orts_head(blank, faulty):
-    """The LM head kernel (kernels/lm_head.wasm, lm_head.js) is an accelerator, not a part the
-    model needs: without it the load ends ready with ORT computing the head, and says why."""
+def test_missing_kernels_fall_back_to_ort_and_js(blank, faulty):
+    """The LM head kernel (kernels/lm_head.wasm, lm_head.js) and the expansion kernel
+    (kernels/expand.wasm, expand_kernel.js) are accelerators, not parts the model needs: without
+    them the load ends ready with ORT computing the head and JS expanding the weights, and says
+    why."""
     page, _ = blank
     faulty.set("/kernels/lm_head.wasm", ("404",))
+    faulty.set("/kernels/expand.wasm", ("404",))
     r = load(page)
     assert r["ok"], r
     assert r["info"]["lm_head"] == "ort", r["info"]
     assert "could not be fetched" in r["info"]["lm_head_note"] and "./build.sh site" in r["info"]["lm_head_note"]
+    assert r["info"]["expand"] == "js", r["info"]
+    assert "could not be fetched" in r["info"]["expand_note"] and "./build.sh site" in r["info"]["expand_note"]
     faulty.table.clear()
     again = load(page)
     assert again["ok"] and again["info"]["lm_head"] == "kernel" and again["info"]["lm_head_note"] is None, again
+    assert again["info"]["expand"] == "kernel" and again["info"]["expand_note"] is None, again
 
 
 def test_tokenizer_with_a_matching_sha_but_no_tokenizer_is_bundle_corrupt(blank, faulty, kit):

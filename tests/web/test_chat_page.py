@@ -269,6 +269,8 @@ def test_no_tensor_leaks_across_replies(chat):
     """The KV cache lives in ORT's wasm heap (ort_heap.js): no ort.Tensor stays alive between
     steps, and the heap blocks it holds stay the same from reply to reply."""
     assert (chat.info["kv_cache"], chat.info["kv_cache_note"]) == ("wasm-heap", None)
+    # (and its load expanded int4 -> int8 in web/kernels/expand.c, not in JS)
+    assert (chat.info["expand"], chat.info["expand_note"]) == ("kernel", None)
     assert chat.info["threads"] == 2 and chat.info["cross_origin_isolated"]   # ORT's pthreads
     before = chat.call("health()")
     for _ in range(2):

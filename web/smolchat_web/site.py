@@ -94,7 +94,7 @@ def _tree_hash(folder: Path) -> str:
     return h.hexdigest()[:16]
 
 
-KERNEL_FLAGS = ["-target", "wasm32-freestanding", "-O3", "-msimd128", "-nostdlib",
+KERNEL_FLAGS = ["-target", "wasm32-freestanding", "-O3", "-msimd128", "-ffp-contract=off", "-nostdlib",
                 "-Wl,--no-entry", "-Wl,--export-memory"]
 
 

@@ -1,6 +1,7 @@
 // Helper worker of one model load: gets the bundle (Cache Storage or network, bundle_loader.js
 // downloadBundle: bytes + sha256 checked), inflates weights.bin and expands it into model.data
-// (runtime_form.js), on its own thread, while the Pyodide worker boots Python. It hands the
+// (runtime_form.js; the int4 -> int8 ops in web/kernels/expand.c, expand_kernel.js), on its own
+// thread, while the Pyodide worker boots Python. It hands the
 // expanded data over once that worker's thread is free (copied, ~8 MB a message: see below)
 // and the worker that made it terminates it after 'done', which frees all it held.
 //
@@ -9,22 +10,25 @@
 // create) queued behind it. Here they run on the other core. The ORT session itself is NOT made
 // here: it, the KV tensors and ort_glue.js stay in the Pyodide worker (no per-token hop).
 //
-// Messages in:  {bundleUrl, cache, stallTimeoutMs}  (starts the load)
+// Messages in:  {bundleUrl, cache, stallTimeoutMs, expandKernel}  (starts the load; expandKernel:
+//               false expands in JS instead of web/kernels/expand.c, expand_kernel.js)
 //               {type: 'send'}  (the Pyodide worker can take model.data now)
 // Messages out: {type: 'started'} (once, as soon as this module runs)
 //               {type: 'progress', stage: 'download' | 'expand', loaded, total}
 //               {type: 'mark', name, start, end, origin}  (ms: this worker's performance.now(), its timeOrigin)
 //               {type: 'texts', texts: {name: string}}  (the bundle's text files, once verified)
 //               {type: 'parts', parts: [{start, bytes}]}  (model.data's regions, one buffer a message)
-//               {type: 'done', bundle: {manifest, texts, graph, total, cache}}
+//               {type: 'done', bundle: {manifest, texts, graph, total, cache, expand}}
 //               {type: 'error', error: <SmolChatError wire form>}
 // graph: model.onnx bytes; parts: model.data (manifest.runtime.expanded_bytes) region by region
 // (runtime_form.js expandParts), all 'parts' messages before 'done'. Copied, not transferred.
+// expand: {path: 'kernel' | 'js', note: why JS expanded (null: the kernel did), kernel_ms}.
 //
 // What this module ignores: Python, ORT, the tokenizer, the page's progress bar.
 
 import { downloadBundle, loadError } from './bundle_loader.js';
 import { expandParts, freeBuffer } from './runtime_form.js';
+import { loadExpandKernel } from './expand_kernel.js';
 import { toSmolChatError } from './errors.js';
 import { installFetchWatch, beginLoad, loadFault } from './fetch_watch.js';
 
@@ -50,8 +54,16 @@ self.onmessage = ({ data }) => {
   else load(data);
 };
 
-async function load({ bundleUrl, cache, stallTimeoutMs }) {
+async function load({ bundleUrl, cache, stallTimeoutMs, expandKernel }) {
   beginLoad({ stall: stallTimeoutMs, bundle: bundleUrl.endsWith('/') ? bundleUrl : bundleUrl + '/' });
+  // the expansion kernel (~20 KB) compiles, starts and warms up while the bundle is read
+  const kernelReady = (expandKernel === false ? Promise.resolve(null)
+    : WebAssembly.compileStreaming(fetch(new URL('./kernels/expand.wasm', import.meta.url))).catch((e) => e))
+    .then((source) => loadExpandKernel(source, { off: expandKernel === false }))
+    .then((r) => {
+      try { r.kernel?.warmUp(); } catch (e) { return { kernel: null, note: `the expansion kernel could not start: ${e.message}` }; }
+      return r;
+    });
   try {
     let t = performance.now();
     const bundle = await downloadBundle(bundleUrl, ({ loaded, total }) =>
@@ -62,9 +74,11 @@ async function load({ bundleUrl, cache, stallTimeoutMs }) {
     try { form = await bundle.form; } catch (e) { throw loadError(e); }
     t = mark('inflate', t);
     const total = bundle.manifest.runtime.tensors.length;
+    const { kernel, note } = await kernelReady;
     let parts;
     try {
       parts = expandParts(bundle.manifest, form, {
+        kernel,
         // one message per ~10 tensors: the bar moves, the channel stays quiet
         onProgress: (done) => { if (done % 10 === 0 || done === total) post({ type: 'progress', stage: 'expand', loaded: done, total }); },
       });
@@ -72,6 +86,8 @@ async function load({ bundleUrl, cache, stallTimeoutMs }) {
     freeBuffer(form.buffer);   // (the inflated weights.bin: expanded, not read again)
     form = null;
     mark('expand', t);
+    const expand = expandReport(kernel, note);
+    if (expand.note && expandKernel !== false) console.info(`SmolChat: the int4 weights were expanded in JS: ${expand.note}`);
     // model.data goes over one ~8 MB buffer a message, copied (no transfer list): Chromium
     // gives a copy's memory back when the Pyodide worker frees it after ORT has read it, a
     // transferred buffer's only when that worker ends (runtime_form.js freeBuffer). Only once
@@ -87,11 +103,21 @@ async function load({ bundleUrl, cache, stallTimeoutMs }) {
     }
     byBuffer.clear();
     const { manifest, texts, graph, cache: report } = bundle;
-    post({ type: 'done', bundle: { manifest, texts, graph, total: bundle.total, cache: report } });
+    post({ type: 'done', bundle: { manifest, texts, graph, total: bundle.total, cache: report, expand } });
   } catch (e) {
     const err = toSmolChatError(e);
     // a download fault (stall, cut, missing site file) is the cause of whatever it broke
     const fault = ['bundle_missing', 'network', 'site_incomplete'].includes(err.kind) ? null : loadFault();
     post({ type: 'error', error: (fault || err).toJSON() });
   }
+}
+
+// Which path expanded the tensors: {path: 'kernel' | 'js', note: why JS (null: the kernel),
+// kernel_ms: ms in the kernel's calls}.
+function expandReport(kernel, note) {
+  if (!kernel) return { path: 'js', note, kernel_ms: 0 };
+  const kernel_ms = Math.round(kernel.ms);
+  if (kernel.failed) return { path: 'js', note: `the expansion kernel failed part-way (${kernel.failed}): the rest was expanded in JS`, kernel_ms };
+  if (!kernel.tensors) return { path: 'js', note: 'this bundle has no int4 -> int8 tensors (the exact preset expands to float32)', kernel_ms };
+  return { path: 'kernel', note: null, kernel_ms };
 }

@@ -14,6 +14,10 @@
 //   them into the wasm heap, and this object expands just those bytes, so the JS copy of
 //   model.data (142 MB) that expandRuntimeData makes is not part of the load's peak memory.
 //
+// Each of the three takes {kernel}: an ExpandKernel (expand_kernel.js) runs the int4 -> int8 ops
+// in web/kernels/expand.c (WebAssembly SIMD, the same bytes, ~3x faster); without it, or for
+// ops it does not take, the JS ops below run.
+//
 // What it leaves to others: fetching/caching the files, verifying their sha256, creating the
 // ORT Web session: `ort.InferenceSession.create(modelBytes, {externalData: [{path:
 // manifest.runtime.external_data, data: runtimeDataSource(manifest, weightsBytes)}]})`.
@@ -101,7 +105,7 @@ function toI8(v, s) {
 // `rotate` b: the "h" ops (q4_1_i8h, q4c_i8h) need a power of 4 dividing k, the others none (0).
 // The rotation is in the op's name so that a runtime that does not rotate refuses the entry as
 // an unknown op instead of expanding it to wrong weights. Checked as the numpy runtime does.
-function rotationBlock(t) {
+export function rotationBlock(t) {
   const b = t.rotate ?? 0;
   const ok = t.op.endsWith("h")
     ? Number.isInteger(b) && b > 0 && !(b & (b - 1)) && Math.log2(b) % 2 === 0 && t.k % b === 0
@@ -309,6 +313,25 @@ function copy(t, w, dv, out) {
 
 const OPS = { q4c_i8: q4cI8, q4_1_i8: q41I8, q4c_i8h: q4cI8, q4_1_i8h: q41I8, q4_1z_i8h: q41I8, q4cx_i8h: q4cI8, q4_1_f32: q41F32, q8_0_f32: q80F32, copy };
 
+// The function that expands tensor t: (t, w, dv, out, outDv) => void, writing t's regions into
+// out. kernel: an ExpandKernel (expand_kernel.js, web/kernels/expand.c: the same bytes) or
+// null; the ops it does not handle run here. Should the kernel fail for another reason than
+// the bundle (its memory cannot grow), its `failed` says why and the JS ops run from then on.
+function opFor(t, kernel) {
+  const op = OPS[t.op];
+  if (!op) throw new Error(`bundle_corrupt: unknown runtime op ${t.op}: update SmolChat`);
+  if (!kernel || !kernel.handles(t)) return op;
+  return (local, w, dv, out, outDv) => {
+    if (!kernel.failed) {
+      try { return kernel.expand(local, w, out); } catch (e) {
+        if (/^bundle_corrupt: /.test(e.message)) throw e;
+        kernel.failed = e.message;
+      }
+    }
+    return op(local, w, dv, out, outDv);
+  };
+}
+
 /**
  * The download form the ops read, from weights.bin as stored: inflated when
  * manifest.runtime.weights_encoding is "zlib" (one RFC 1950 stream; DecompressionStream
@@ -348,10 +371,12 @@ export async function downloadForm(manifest, fileBytes) {
  * Expand the download form into model.data (synchronous).
  * @param {object} manifest  the bundle's manifest.json (or its `runtime` section)
  * @param {Uint8Array} weightsBytes  the download form (downloadForm: weights.bin inflated)
- * @param {{onProgress?: (done: number, total: number) => void}} [options]
+ * @param {{onProgress?: (done: number, total: number) => void, kernel?: object}} [options]
+ *   kernel: an ExpandKernel (expand_kernel.js) for the int4 -> int8 ops, or none: JS
  * @returns {Uint8Array} model.data, manifest.runtime.expanded_bytes long
  */
 export function expandRuntimeData(manifest, weightsBytes, options = {}) {
+  const kernel = options.kernel || null;
   const rt = runtimeOf(manifest);
   if (!(weightsBytes instanceof Uint8Array)) throw new TypeError("weightsBytes must be a Uint8Array");
   const out = new Uint8Array(rt.expanded_bytes);
@@ -359,9 +384,7 @@ export function expandRuntimeData(manifest, weightsBytes, options = {}) {
   const outDv = new DataView(out.buffer);
   const total = rt.tensors.length;
   rt.tensors.forEach((t, i) => {
-    const op = OPS[t.op];
-    if (!op) throw new Error(`bundle_corrupt: unknown runtime op ${t.op}: update SmolChat`);
-    op(t, weightsBytes, dv, out, outDv);
+    opFor(t, kernel)(t, weightsBytes, dv, out, outDv);
     if (options.onProgress) options.onProgress(i + 1, total);
   });
   return out;
@@ -389,7 +412,7 @@ const KEEP_BYTES = 1 << 22; // parts up to this size are kept (copied) until ORT
 // Run one tensor's op into `scratch` (a Uint8Array, big enough):
 // -> [Uint8Array view per region, in regionsOf order]. Every op writes all of its bytes, except
 // with `smallOnly` (q4c_i8, q4_1_i8): scales and float rows only, the int8 table left unwritten.
-function expandTensor(t, w, dv, scratch, smallOnly = false) {
+function expandTensor(t, w, dv, scratch, smallOnly = false, kernel = null) {
   const parts = regionsOf(t);
   const offsets = [];
   let size = 0;
@@ -397,7 +420,7 @@ function expandTensor(t, w, dv, scratch, smallOnly = false) {
   const local = { ...t, dst: 0, skip_int8: smallOnly };
   if (parts.length > 1) local.dst_scale = offsets[1];
   if (parts.length > 2) local.dst_float = offsets[2];
-  OPS[t.op](local, w, dv, scratch, new DataView(scratch.buffer, scratch.byteOffset, size));
+  opFor(t, kernel)(local, w, dv, scratch, new DataView(scratch.buffer, scratch.byteOffset, size));
   return parts.map((r, i) => scratch.subarray(offsets[i], offsets[i] + r.bytes));
 }
 
@@ -424,9 +447,11 @@ function expandTensor(t, w, dv, scratch, smallOnly = false) {
  * @param {object} manifest  the bundle's manifest.json (or its `runtime` section)
  * @param {Uint8Array} weightsBytes  the download form (downloadForm: weights.bin inflated),
  *   kept until the session exists
+ * @param {{kernel?: object}} [options]  kernel: an ExpandKernel (expand_kernel.js), or none: JS
  * @returns {Uint8Array & {stats: {reads: number, partial: number, expansions: number, small_passes: number, bytes: number}}}
  */
-export function runtimeDataSource(manifest, weightsBytes) {
+export function runtimeDataSource(manifest, weightsBytes, options = {}) {
+  const kernel = options.kernel || null;
   const rt = runtimeOf(manifest);
   if (!(weightsBytes instanceof Uint8Array)) throw new TypeError("weightsBytes must be a Uint8Array");
   const dv = new DataView(weightsBytes.buffer, weightsBytes.byteOffset, weightsBytes.byteLength);
@@ -458,7 +483,7 @@ export function runtimeDataSource(manifest, weightsBytes) {
     if (smallOnly) stats.small_passes += 1;
     else stats.expansions += 1;
     scratch = scratch ?? new Uint8Array(largest);
-    const parts = expandTensor(region.tensor, weightsBytes, dv, scratch, smallOnly);
+    const parts = expandTensor(region.tensor, weightsBytes, dv, scratch, smallOnly, kernel);
     all.forEach((r, i) => {
       // the other small parts (scales, float rows) not yet returned are kept until asked for,
       // copied out of scratch (which the next tensor overwrites)
@@ -505,7 +530,8 @@ export function runtimeDataSource(manifest, weightsBytes) {
  * @param {object} manifest  the bundle's manifest.json (or its `runtime` section)
  * @param {Uint8Array} weightsBytes  the download form (downloadForm: weights.bin inflated)
  * @param {{onProgress?: (done: number, total: number) => void,
- *          onChunk?: (parts: {start: number, bytes: Uint8Array}[]) => void}} [options]
+ *          onChunk?: (parts: {start: number, bytes: Uint8Array}[]) => void, kernel?: object}} [options]
+ *   kernel: an ExpandKernel (expand_kernel.js) for the int4 -> int8 ops, or none: JS
  *   onChunk: each buffer's regions as soon as it is expanded; the buffer is freed when
  *   onChunk returns (freeBuffer), so it copies what it keeps (postMessage without transfer)
  * @returns {{start: number, bytes: Uint8Array}[]} one entry per region (regionsOf), sorted by
@@ -528,7 +554,7 @@ export function expandParts(manifest, weightsBytes, options = {}) {
     let offset = 0;
     for (let i = first; i < end; i++) {
       const t = rt.tensors[i];
-      const views = expandTensor(t, weightsBytes, dv, chunk.subarray(offset, offset + sizes[i]));
+      const views = expandTensor(t, weightsBytes, dv, chunk.subarray(offset, offset + sizes[i]), false, options.kernel || null);
       regionsOf(t).forEach((r, j) => mine.push({ start: r.start, bytes: views[j] }));
       offset += sizes[i];
       done += 1;

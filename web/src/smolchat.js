@@ -118,14 +118,15 @@ export class SmolChat {
   // heapKV: false keeps the KV cache in JS tensors instead of ORT's wasm heap (ort_heap.js;
   // info().kv_cache says which runs, kv_cache_note why not the heap). lmHead: false has ORT
   // compute the compact bundle's LM head instead of web/kernels/lm_head.c (lm_head.js;
-  // info().lm_head, lm_head_note).
+  // info().lm_head, lm_head_note). expandKernel: false expands the int4 weights in JS instead of
+  // web/kernels/expand.c (expand_kernel.js; info().expand, expand_note).
   // allowedOrigins: origins (or '*') a bundleUrl may come from besides the page's and
   // SmolChat's own (checkBundleOrigin). stallTimeoutMs: a download that gets no data for this
   // long ends in NetworkError (default 30000; fetch_watch.js).
   // bundle: a bundle id served next to smolchat.js (models/<id>/, bundleIdUrl); bundleUrl: a
   // bundle folder URL instead (give one of the two; neither: the compact bundle).
   static async load({ bundle, bundleUrl, onProgress, threads, systemPrompt, contextWindow, cache,
-                      allowedOrigins, stallTimeoutMs, heapKV, lmHead } = {}) {
+                      allowedOrigins, stallTimeoutMs, heapKV, lmHead, expandKernel } = {}) {
     if (bundle != null && bundleUrl != null) {
       throw makeError('invalid_setting', `invalid setting bundle=${shown(bundle)}: give bundle (an id) or ` +
         'bundleUrl (a URL), not both', { field: 'bundle', value: shown(bundle) });
@@ -151,7 +152,7 @@ export class SmolChat {
       }
     }, stall);
     try {
-      bot.#info = await bot.#send(Request.LOAD, { bundleUrl, threads, systemPrompt, contextWindow, cache, stallTimeoutMs, heapKV, lmHead },
+      bot.#info = await bot.#send(Request.LOAD, { bundleUrl, threads, systemPrompt, contextWindow, cache, stallTimeoutMs, heapKV, lmHead, expandKernel },
         { onProgress });
     } catch (e) {
       bot.#worker.terminate();

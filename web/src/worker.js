@@ -148,7 +148,7 @@ function spawnHelper(url) {
 // script failing to start, rejects with a typed error.
 // -> {bundle: Promise, started: Promise (the helper's scripts ran), texts: Promise (the
 // bundle's text files, verified, ahead of model.data), terminate(), send()}.
-function bundleFromHelper(url, cache, stallTimeoutMs, onProgress, onMark) {
+function bundleFromHelper(url, cache, stallTimeoutMs, expandKernel, onProgress, onMark) {
   let helper = null;
   let onStarted = () => {};
   const started = new Promise((resolve) => { onStarted = resolve; });
@@ -177,7 +177,7 @@ function bundleFromHelper(url, cache, stallTimeoutMs, onProgress, onMark) {
         `(${event.message || 'script error: a runtime file is missing?'}): rebuild the site (./build.sh site)`));
     };
     helper.onmessageerror = () => end(reject, makeError('internal', 'the load helper worker sent an unreadable message'));
-    helper.postMessage({ bundleUrl: url, cache, stallTimeoutMs });
+    helper.postMessage({ bundleUrl: url, cache, stallTimeoutMs, expandKernel });
   });
   const texts = new Promise((resolve, reject) => { onTexts = resolve; bundle.catch(reject); });
   texts.catch(() => {});
@@ -223,7 +223,7 @@ const SAME_ORIGIN = new URL(import.meta.url).origin === self.location.origin;
 // Progress: one bar; each part moves its own share (protocol.js STAGES), so parts running at
 // the same time both move it; `stage` is the first part not finished (a download update: always
 // 'download'), `message` what every part under way is doing.
-async function loadModel(id, { bundleUrl, threads, systemPrompt, contextWindow, cache, heapKV, lmHead, stallTimeoutMs }) {
+async function loadModel(id, { bundleUrl, threads, systemPrompt, contextWindow, cache, heapKV, lmHead, expandKernel, stallTimeoutMs }) {
   const t0 = performance.now();
   const isolated = self.crossOriginIsolated === true;
   const want = threads || (isolated ? 2 : 1);
@@ -283,7 +283,7 @@ async function loadModel(id, { bundleUrl, threads, systemPrompt, contextWindow, 
   // the LM head kernel (lm_head.js; 8 KB) compiles meanwhile too
   const lmKernel = lmHead === false ? null : WebAssembly.compileStreaming(fetch(here('./kernels/lm_head.wasm')));
   if (lmKernel) lmKernel.catch(() => {});
-  const helper = bundleFromHelper(url, cache !== false, stallTimeoutMs, (m) => {
+  const helper = bundleFromHelper(url, cache !== false, stallTimeoutMs, expandKernel, (m) => {
     if (m.stage === 'download') {
       loadedBytes = m.loaded; totalBytes = m.total;
       downloadProgress();
@@ -391,6 +391,8 @@ async function loadModel(id, { bundleUrl, threads, systemPrompt, contextWindow, 
     heaps_mb: heaps, // {stage: {ort, python}}: the wasm heaps' sizes (MB) as this worker's stages end
     t0_epoch_ms: performance.timeOrigin + t0,
     python_snapshot: await pythonSnapshot, // 'hit' | 'stored' | 'miss' | 'rejected: ...' | 'disabled: ...'
+    // which path expanded int4 -> int8 (load_worker.js): 'kernel' (web/kernels/expand.c) | 'js', and why JS
+    expand: bundle.expand.path, expand_note: bundle.expand.note, expand_kernel_ms: bundle.expand.kernel_ms,
     ...bundle.cache, // from_cache, cache ('hit' | 'miss' | 'disabled: <reason>'), cache_name, network_bytes
   };
   return { ...info, ...loadInfo };
