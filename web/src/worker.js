@@ -80,19 +80,21 @@ async function bootPython(progress, mark, { cache = true } = {}) {
   const snapshot = await snapshots.read();
   if (snapshot) {
     try {
-      pyodide = await loadPyodide({ ...options, _loadSnapshot: snapshot });
+      pyodide = bootedPyodide = await loadPyodide({ ...options, _loadSnapshot: snapshot });
       // Pyodide keeps its options for the instance's life: without this the 31.5 MB stay
       pyodide._api.config._loadSnapshot = null;
       // and they go now, not at a later garbage collection (the heap holds its own copy)
       (await import('./runtime_form.js')).freeBuffer(snapshot.buffer);
+      pyodide.runPython('import smolchat.bridge');   // (in the heap: a dict lookup)
       t = mark('python_boot', t);
     } catch (e) {
+      pyodide = null;
       await snapshots.reject(e);
     }
   }
   if (!pyodide) {
     const make = snapshots.wanted;
-    pyodide = await loadPyodide({ ...options, _makeSnapshot: make });
+    pyodide = bootedPyodide = await loadPyodide({ ...options, _makeSnapshot: make });
     t = mark('python_boot', t);
     progress('python', 0.7, 'Loading the SmolChat Python package');
     unpackWheel(pyodide, wheel);
@@ -102,7 +104,6 @@ async function bootPython(progress, mark, { cache = true } = {}) {
       try { stored = snapshots.store(pyodide.makeMemorySnapshot()); } catch (e) { stored = snapshots.reject(e); }
     }
   }
-  bootedPyodide = pyodide;
   const bridge = pyodide.pyimport('smolchat.bridge');
   const h = bridge.WorkerHost();
   bridge.destroy();
