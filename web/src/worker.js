@@ -85,7 +85,7 @@ async function bootPython(progress, mark, { cache = true } = {}) {
       pyodide._api.config._loadSnapshot = null;
       // and they go now, not at a later garbage collection (the heap holds its own copy)
       (await import('./runtime_form.js')).freeBuffer(snapshot.buffer);
-      pyodide.runPython('import smolchat.bridge');   // (in the heap: a dict lookup)
+      pyodide.pyimport('smolchat.bridge').destroy();   // (in the heap; runPython would compile)
       t = mark('python_boot', t);
     } catch (e) {
       pyodide = null;
@@ -98,7 +98,7 @@ async function bootPython(progress, mark, { cache = true } = {}) {
     t = mark('python_boot', t);
     progress('python', 0.7, 'Loading the SmolChat Python package');
     unpackWheel(pyodide, wheel);
-    pyodide.runPython('import smolchat.bridge');
+    pyodide.pyimport('smolchat.bridge').destroy();
     // (before any WorkerHost or loadPackage: a snapshot may hold no JS object)
     if (make) {
       try { stored = snapshots.store(pyodide.makeMemorySnapshot()); } catch (e) { stored = snapshots.reject(e); }
