@@ -227,6 +227,18 @@ REWRITE_SNAPSHOT_JS = """async ([name, flipBuildId, version, wheel]) => {
 }"""
 
 
+BARE_SNAPSHOT_JS = """async ([name]) => {
+  const { loadPyodide } = await import('/vendor/pyodide/pyodide.mjs');
+  const pyodide = await loadPyodide({ indexURL: '/vendor/pyodide/', _makeSnapshot: true });
+  const bytes = pyodide.makeMemorySnapshot();
+  const cache = await caches.open(name);
+  const [key] = await cache.keys();
+  const old = await cache.match(key);
+  await cache.put(key, new Response(bytes, { headers: old.headers }));
+  return bytes.length;
+}"""
+
+
 def test_python_snapshot_is_used_on_return_and_its_version_is_checked(blank, origin):
     """The first visit keeps a Pyodide memory snapshot, the next boots from it; a snapshot of
     another Pyodide build (its build id) or version (our header) is refused, dropped and
@@ -255,5 +267,11 @@ def test_python_snapshot_is_used_on_return_and_its_version_is_checked(blank, ori
     page.evaluate(REWRITE_SNAPSHOT_JS, [SNAPSHOT_CACHE, False, None, "f" * 64])
     state = visit()
     assert state.startswith("rejected: made with another smolchat wheel (sha256 ffffffffffff"), state
+    assert visit() == "hit"
+    # a heap with the right headers but without our modules (Pyodide's bare boot, made here
+    # in the page): Python boots without it, the load ends ready, a good one replaces it
+    assert page.evaluate(BARE_SNAPSHOT_JS, [SNAPSHOT_CACHE]) > 1_000_000
+    state = visit()
+    assert state == "rejected: the snapshot holds no smolchat.bridge", state
     assert visit() == "hit"
     assert errors == []

@@ -85,7 +85,11 @@ async function bootPython(progress, mark, { cache = true } = {}) {
       pyodide._api.config._loadSnapshot = null;
       // and they go now, not at a later garbage collection (the heap holds its own copy)
       (await import('./runtime_form.js')).freeBuffer(snapshot.buffer);
-      pyodide.pyimport('smolchat.bridge').destroy();   // (in the heap; runPython would compile)
+      // our modules are in the heap (pyimport: runPython would compile, ~30 ms of cold code)
+      const modules = pyodide.pyimport('sys').modules;
+      const found = modules.has('smolchat.bridge');
+      modules.destroy();
+      if (!found) throw new Error('the snapshot holds no smolchat.bridge');
       t = mark('python_boot', t);
     } catch (e) {
       pyodide = null;
