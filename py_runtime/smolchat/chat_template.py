@@ -112,6 +112,20 @@ def is_chatml(template: str) -> bool:
             and re.search(r"""message\[['"]content['"]\]""", template) is not None)
 
 
+def _known_chatml(template: str) -> bool:
+    return hashlib.sha256(template.encode()).hexdigest() in _KNOWN_CHATML
+
+
+def needs_jinja2(template) -> bool:
+    """Whether `ChatTemplate(template)` uses jinja2 where it is installed: every template but
+    the known ChatML ones. A runtime that installs jinja2 on demand (the page: worker.js) asks
+    this before the engine loads; a template that is not text needs nothing (check_template
+    refuses it)."""
+    if not isinstance(template, str) or not template.strip():
+        return False
+    return not (is_chatml(template) and _known_chatml(template))
+
+
 def check_template(template: str) -> None:
     """Refuse what no renderer can take: a template that is not text, or not ChatML where
     jinja2 is not installed."""
@@ -195,8 +209,7 @@ class ChatTemplate:
             self._start, self._end = special_tokens[IM_START], special_tokens[IM_END]
             self._newline = self.encode_plain("\n")
             self._generation_prompt = [self._start, *self.encode_plain("assistant\n")]
-            known = hashlib.sha256(template.encode()).hexdigest() in _KNOWN_CHATML
-            if not known and _jinja2() is not None and not self._chatml_matches_jinja():
+            if not _known_chatml(template) and _jinja2() is not None and not self._chatml_matches_jinja():
                 self.kind = "jinja"
         else:
             self.kind = "jinja"

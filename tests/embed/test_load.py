@@ -70,8 +70,14 @@ def check_load(page, info):
         assert words in messages, (words, messages)
 
 
+def wheels_requested(urls: list[str]) -> list[str]:
+    return sorted({u.split("?")[0].rsplit("/", 1)[-1] for u in urls if ".whl" in u})
+
+
 def test_network_then_cached_load_both_answer(blank, origin, kit):
-    page, _, errors = blank
+    page, context, errors = blank
+    requests: list[str] = []   # every request of the page and its workers
+    context.on("request", lambda r: requests.append(r.url))
     r = page.evaluate(LOAD_JS, TINY_URL)
     assert "info" in r, r
     assert (r["info"]["from_cache"], r["info"]["cache"]) == (False, "miss")
@@ -89,6 +95,72 @@ def test_network_then_cached_load_both_answer(blank, origin, kit):
     reply = page.evaluate("() => window.bot.chat('Hello', { maxTokens: 3, temperature: 0 })")
     assert reply["completion_tokens"] >= 1
     assert errors == []
+    # a ChatML bundle needs no jinja2: only our wheel is fetched, on both loads
+    assert wheels_requested(requests) == ["smolchat-0.1.0-py3-none-any.whl"], wheels_requested(requests)
+    assert "python_jinja2" not in r["info"]["stages"]
+
+
+# A template only jinja2 renders (unk_token first, contents trimmed): not the ChatML fast path.
+JINJA_TEMPLATE = ("{{ unk_token }}{% for message in messages %}{{ '<|im_start|>' + message['role'] "
+                  "+ '\\n' + message['content'] | trim + '<|im_end|>\\n' }}{% endfor %}"
+                  "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
+def route_template(context, kit, template: str) -> None:
+    """The tiny bundle served with `template` as its chat template (tokenizer_config.json and
+    a manifest whose sizes and sha256 match it)."""
+    config = json.loads((kit.TINY / "tokenizer_config.json").read_text())
+    config["chat_template"] = template
+    body = json.dumps(config).encode()
+    manifest = json.loads((kit.TINY / "manifest.json").read_text())
+    manifest["files"]["tokenizer_config.json"] = {"bytes": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+    manifest["bundle_hash"] = "1" * 64  # not the cache of the stock tiny bundle
+    def serve(data):
+        return lambda route: route.fulfill(status=200, body=data, headers={"Content-Type": "application/json"})
+    context.route("**/models/tiny-random/manifest.json", serve(json.dumps(manifest).encode()))
+    context.route("**/models/tiny-random/tokenizer_config.json", serve(body))
+
+
+def test_jinja2_is_loaded_only_for_a_template_that_needs_it(blank, origin, kit, site):
+    """A bundle whose chat template is not the known ChatML one gets jinja2 + MarkupSafe
+    installed on demand and chats with the template's own tokens; without their wheels its
+    load is SiteIncomplete naming the wheel; a ChatML bundle loads without them."""
+    page, context, errors = blank
+    requests: list[str] = []
+    context.on("request", lambda r: requests.append(r.url))
+    jinja_wheel = json.loads((site / "site.json").read_text())["python_packages"][0]
+    assert "jinja2" in jinja_wheel
+    missing = lambda route: route.fulfill(status=404, body="")  # noqa: E731
+    context.route(f"**/{jinja_wheel}", missing)
+    route_template(context, kit, JINJA_TEMPLATE)
+    r = page.evaluate(LOAD_JS, TINY_URL)
+    assert r.get("error"), r
+    assert (r["error"]["name"], r["error"]["kind"]) == ("SiteIncomplete", "site_incomplete"), r
+    assert jinja_wheel in r["error"]["message"] and "./build.sh site" in r["error"]["message"], r
+
+    context.unroute(f"**/{jinja_wheel}")
+    requests.clear()
+    page.goto(f"{origin}/examples/widget.html")
+    r = page.evaluate(LOAD_JS, TINY_URL)
+    assert "info" in r, r
+    assert "python_jinja2" in r["info"]["stages"], r["info"]["stages"]
+    assert wheels_requested(requests) == ["jinja2-3.1.6-py3-none-any.whl", "markupsafe-3.0.3-py3-none-any.whl",
+                                          "smolchat-0.1.0-py3-none-any.whl"], wheels_requested(requests)
+    reply = page.evaluate("() => window.bot.chat('  Hello  ', { maxTokens: 3, temperature: 0 })")
+    assert reply["completion_tokens"] >= 1
+    ids = reply["prompt_token_ids"]
+    # <|endoftext|> (unk_token, the template's start) <|im_start|> user \n Hello <|im_end|> ...
+    hello = page.evaluate("() => window.bot.encode('user\\nHello')")
+    assert ids[:2 + len(hello)] == [0, 1, *hello] and ids[2 + len(hello)] == 2, (ids, hello)
+
+    context.unroute("**/models/tiny-random/manifest.json")
+    context.unroute("**/models/tiny-random/tokenizer_config.json")
+    context.route(f"**/{jinja_wheel}", missing)
+    page.goto(f"{origin}/examples/widget.html")
+    r = page.evaluate(LOAD_JS, TINY_URL)
+    assert "info" in r, r   # the stock template is ChatML: the missing wheel is never asked for
+    assert "python_jinja2" not in r["info"]["stages"]
+    assert [e for e in errors if "404" not in e] == [], errors
 
 
 def test_missing_load_helper_is_a_typed_error(browser, site, kit, tmp_path):
@@ -141,7 +213,7 @@ def test_weights_that_do_not_inflate_fail_half_way_as_bundle_corrupt(blank, kit)
 
 
 SNAPSHOT_CACHE = "smolchat-python-snapshot"
-REWRITE_SNAPSHOT_JS = """async ([name, flipBuildId, version]) => {
+REWRITE_SNAPSHOT_JS = """async ([name, flipBuildId, version, wheel]) => {
   const cache = await caches.open(name);
   const [key] = await cache.keys();
   const old = await cache.match(key);
@@ -149,7 +221,20 @@ REWRITE_SNAPSHOT_JS = """async ([name, flipBuildId, version]) => {
   if (flipBuildId) for (let i = 16; i < 48; i++) bytes[i] ^= 0x5a;   // Pyodide's BUILD_ID field
   const headers = new Headers(old.headers);
   if (version) headers.set('x-pyodide-version', version);
+  if (wheel) headers.set('x-smolchat-wheel', wheel);
   await cache.put(key, new Response(bytes, { headers }));
+  return bytes.length;
+}"""
+
+
+BARE_SNAPSHOT_JS = """async ([name]) => {
+  const { loadPyodide } = await import('/vendor/pyodide/pyodide.mjs');
+  const pyodide = await loadPyodide({ indexURL: '/vendor/pyodide/', _makeSnapshot: true });
+  const bytes = pyodide.makeMemorySnapshot();
+  const cache = await caches.open(name);
+  const [key] = await cache.keys();
+  const old = await cache.match(key);
+  await cache.put(key, new Response(bytes, { headers: old.headers }));
   return bytes.length;
 }"""
 
@@ -170,12 +255,23 @@ def test_python_snapshot_is_used_on_return_and_its_version_is_checked(blank, ori
 
     assert visit() == "stored"
     assert visit() == "hit"
-    assert page.evaluate(REWRITE_SNAPSHOT_JS, [SNAPSHOT_CACHE, True, None]) > 1_000_000
+    assert page.evaluate(REWRITE_SNAPSHOT_JS, [SNAPSHOT_CACHE, True, None, None]) > 1_000_000
     state = visit()
     assert state.startswith("rejected: Snapshot build id mismatch"), state
     assert visit() == "hit"  # the refused one was replaced by a fresh snapshot
-    page.evaluate(REWRITE_SNAPSHOT_JS, [SNAPSHOT_CACHE, False, "0.0.1"])
+    page.evaluate(REWRITE_SNAPSHOT_JS, [SNAPSHOT_CACHE, False, "0.0.1", None])
     state = visit()
     assert state.startswith("rejected: made by Pyodide 0.0.1"), state
+    assert visit() == "hit"
+    # the heap holds the smolchat modules it was made with: another wheel's is refused
+    page.evaluate(REWRITE_SNAPSHOT_JS, [SNAPSHOT_CACHE, False, None, "f" * 64])
+    state = visit()
+    assert state.startswith("rejected: made with another smolchat wheel (sha256 ffffffffffff"), state
+    assert visit() == "hit"
+    # a heap with the right headers but without our modules (Pyodide's bare boot, made here
+    # in the page): Python boots without it, the load ends ready, a good one replaces it
+    assert page.evaluate(BARE_SNAPSHOT_JS, [SNAPSHOT_CACHE]) > 1_000_000
+    state = visit()
+    assert state == "rejected: the snapshot holds no smolchat.bridge", state
     assert visit() == "hit"
     assert errors == []

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from smolchat.chat_template import _KNOWN_CHATML, ChatTemplate, split_specials
+from smolchat.chat_template import _KNOWN_CHATML, ChatTemplate, needs_jinja2, split_specials
 from smolchat.errors import UnsupportedTemplate
 from smolchat.fake_backend import SMOLLM2_CHAT_TEMPLATE
 
@@ -189,6 +189,29 @@ def test_chatml_fast_path_equals_the_jinja_path():
     assert fast.generation_prompt_ids() == slow.generation_prompt_ids()
     assert fast._chatml_matches_jinja()      # the sample check _KNOWN_CHATML skips for it
     assert hashlib.sha256(SMOLLM2_CHAT_TEMPLATE.encode()).hexdigest() in _KNOWN_CHATML
+
+
+def test_needs_jinja2_is_false_only_where_chattemplate_never_imports_it(monkeypatch):
+    """The page installs jinja2 only when needs_jinja2 says so (worker.js): every template
+    that does not need it must build without jinja2 importable, as the fast path."""
+    import builtins
+
+    from smolchat.fake_backend import FakeBackend
+    b = FakeBackend()
+    variant = SMOLLM2_CHAT_TEMPLATE.replace("named SmolLM", "named Smol")   # ChatML, not known
+    assert not needs_jinja2(SMOLLM2_CHAT_TEMPLATE)
+    assert needs_jinja2(variant) and needs_jinja2(LLAMA3_TEMPLATE)
+    assert not needs_jinja2("") and not needs_jinja2(None) and not needs_jinja2([{"name": "x"}])
+    real_import = builtins.__import__
+
+    def no_jinja2(name, *args, **kwargs):
+        if name.split(".")[0] == "jinja2":
+            raise ImportError("jinja2 is not installed here")
+        return real_import(name, *args, **kwargs)
+    monkeypatch.setattr(builtins, "__import__", no_jinja2)
+    assert ChatTemplate(SMOLLM2_CHAT_TEMPLATE, b.special_tokens, b.encode).kind == "chatml"
+    with pytest.raises(UnsupportedTemplate, match="install jinja2"):
+        ChatTemplate(LLAMA3_TEMPLATE, b.special_tokens, b.encode)
 
 
 @pytest.mark.parametrize("template, says", [

@@ -124,6 +124,7 @@ def test_the_lora_bundle_and_the_stock_one_both_load_under_their_ids(browser, or
         try:
             info = _ready(page)
             assert info["bundle_id"] == bid
+            assert "python_jinja2" not in info["stages"]   # ChatML: no jinja2
             assert page.text_content("#status").startswith(f"Ready · {bid}")
             replies[bid] = _send(page, "Hello there, who are you?")
         finally:
@@ -144,6 +145,7 @@ def test_a_llama3_template_bundle_renders_in_the_browser_as_in_cpython(browser, 
     try:
         info = _ready(page)
         assert info["bundle_id"] == "tiny-llama3"
+        assert "python_jinja2" in info["stages"]   # installed on demand (worker.js)
         for text in ("Hello there, who are you?", INJECTION):
             page.evaluate("() => window.smolchatApp.bot.clearConversation()")
             got = _send(page, text)

@@ -10,7 +10,8 @@ Pinned here (the versions requirements.txt tests against in CPython):
   module): the sdist is built with CC=false into a py3-none-any wheel.
 
 Both are kept in .cache/wheels/ (the network is needed once) and copied to dist/site/wheels/;
-worker.js installs them with pyodide.loadPackage(<absolute url>) next to the smolchat wheel.
+worker.js unpacks them (pyodide.unpackArchive) only for a bundle whose chat template needs
+them (chat_template.needs_jinja2).
 What this module ignores: the smolchat wheel (site.py) and serving.
 """
 

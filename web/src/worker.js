@@ -60,42 +60,54 @@ async function siteInfo() {
 }
 
 // Pyodide + our wheel + smolchat.bridge.WorkerHost. mark(name, start) records a stage.
-// Return visits boot from a memory snapshot kept by the first (python_snapshot.js); a snapshot
-// that Pyodide refuses (another build) or fails on is dropped and Python boots without it.
+// Return visits boot from a memory snapshot kept by the first (python_snapshot.js), made after
+// smolchat.bridge is imported: a hit has our modules already and reads no wheel file. A
+// snapshot that Pyodide refuses (another build), of another wheel, or that fails, is dropped
+// and Python boots without it. jinja2 + MarkupSafe come later, only for a bundle whose chat
+// template needs them (installTemplatePackages).
 // -> {pyodide, host, snapshot: Promise of 'hit' | 'stored' | 'miss' | 'rejected: ...' | 'disabled: ...'}
 async function bootPython(progress, mark, { cache = true } = {}) {
   progress('python', 0, 'Starting Python');
   const info = await siteInfo();
   let t = performance.now();
-  const snapshots = await openSnapshots(pyodideVersion, { enabled: cache });
+  // the wheel's bytes (a hit revalidates them: ~64 KB) and sha256, which names the snapshot
+  const wheel = await fetchWheel(info.wheel);
+  const sha = await sha256Hex(wheel);
+  const snapshots = await openSnapshots(pyodideVersion, { enabled: cache, wheel: sha });
   const options = { indexURL: here('./vendor/pyodide/'), stdout: () => {}, stderr: (s) => console.warn(s) };
   let pyodide = null;
   let stored = Promise.resolve();
   const snapshot = await snapshots.read();
   if (snapshot) {
     try {
-      pyodide = await loadPyodide({ ...options, _loadSnapshot: snapshot });
+      pyodide = bootedPyodide = await loadPyodide({ ...options, _loadSnapshot: snapshot });
       // Pyodide keeps its options for the instance's life: without this the 31.5 MB stay
       pyodide._api.config._loadSnapshot = null;
       // and they go now, not at a later garbage collection (the heap holds its own copy)
       (await import('./runtime_form.js')).freeBuffer(snapshot.buffer);
+      // our modules are in the heap (pyimport: runPython would compile, ~30 ms of cold code)
+      const modules = pyodide.pyimport('sys').modules;
+      const found = modules.has('smolchat.bridge');
+      modules.destroy();
+      if (!found) throw new Error('the snapshot holds no smolchat.bridge');
+      t = mark('python_boot', t);
     } catch (e) {
+      pyodide = null;
       await snapshots.reject(e);
     }
   }
   if (!pyodide) {
     const make = snapshots.wanted;
-    pyodide = await loadPyodide({ ...options, _makeSnapshot: make });
-    // (before our wheel: a snapshot may hold no JS object, and loading packages makes some)
+    pyodide = bootedPyodide = await loadPyodide({ ...options, _makeSnapshot: make });
+    t = mark('python_boot', t);
+    progress('python', 0.7, 'Loading the SmolChat Python package');
+    unpackWheel(pyodide, wheel);
+    pyodide.pyimport('smolchat.bridge').destroy();
+    // (before any WorkerHost or loadPackage: a snapshot may hold no JS object)
     if (make) {
       try { stored = snapshots.store(pyodide.makeMemorySnapshot()); } catch (e) { stored = snapshots.reject(e); }
     }
   }
-  bootedPyodide = pyodide;
-  t = mark('python_boot', t);
-  progress('python', 0.7, 'Loading the SmolChat Python package');
-  // our wheel, then jinja2 + markupsafe (site.json python_packages: non-ChatML templates)
-  await pyodide.loadPackage([info.wheel, ...(info.python_packages || [])].map(here), { messageCallback: () => {} });
   const bridge = pyodide.pyimport('smolchat.bridge');
   const h = bridge.WorkerHost();
   bridge.destroy();
@@ -103,6 +115,47 @@ async function bootPython(progress, mark, { cache = true } = {}) {
   progress('python', 1, 'Python ready');
   // (the snapshot's store finishes in the background; the load reports it at its end)
   return { pyodide, host: h, snapshot: stored.then(() => snapshots.report()) };
+}
+
+// The bytes of a wheel of the site (site.json path); a missing one is SiteIncomplete.
+async function fetchWheel(path) {
+  const url = here(path);
+  const response = await fetch(url);
+  if (!response.ok) throw siteIncomplete(url, response.status);
+  return new Uint8Array(await response.arrayBuffer());
+}
+
+// sha256 (hex) of `bytes`; null where crypto.subtle is unavailable (an insecure context,
+// which has no Cache Storage for a snapshot either).
+async function sha256Hex(bytes) {
+  if (!(self.crypto && crypto.subtle)) return null;
+  const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', bytes));
+  return Array.from(digest, (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+// A wheel's files into site-packages. pyodide.unpackArchive, not loadPackage: our wheels are
+// pure Python with no dependencies to resolve, and Pyodide's package manager cost 0.5-0.8 s
+// more on its first call after a snapshot boot (Chromium 156, 2026-12-03).
+function unpackWheel(pyodide, bytes) {
+  const sitePackages = pyodide.runPython("__import__('site').getsitepackages()[0]");
+  pyodide.unpackArchive(bytes, 'wheel', { extractDir: sitePackages });
+}
+
+// jinja2 + MarkupSafe (site.json python_packages) when the bundle's chat template needs them
+// (smolchat.chat_template.needs_jinja2: every template but the known ChatML ones, which render
+// without). -> true when they were installed. A wheel that cannot be fetched is SiteIncomplete
+// (or NetworkError) naming it: the bundle cannot be rendered without it.
+async function installTemplatePackages(pyodide, texts) {
+  const template = JSON.parse(texts['tokenizer_config.json']).chat_template ?? '';
+  const module = pyodide.pyimport('smolchat.chat_template');
+  let needed;
+  try { needed = module.needs_jinja2(template); } finally { module.destroy(); }
+  const paths = (await siteInfo()).python_packages || [];
+  if (!needed || !paths.length) return false;   // (no packages: Python says UnsupportedTemplate)
+  const wheels = await Promise.all(paths.map(fetchWheel));
+  for (const bytes of wheels) unpackWheel(pyodide, bytes);
+  pyodide.runPython('import importlib; importlib.invalidate_caches()');
+  return true;
 }
 
 // Bytes of the runtime files (site.json runtime_files: {path relative to the site: bytes}) as
@@ -311,8 +364,10 @@ async function loadModel(id, { bundleUrl, threads, systemPrompt, contextWindow, 
   helper.send();
   // the tokenizer while the helper still inflates and expands (its texts come with the read)
   let t = performance.now();
-  tokenizer = makeTokenizer(await helper.texts, url);
-  mark('tokenizer', t);
+  const texts = await helper.texts;
+  tokenizer = makeTokenizer(texts, url);
+  t = mark('tokenizer', t);
+  if (await installTemplatePackages(pyodide, texts)) mark('python_jinja2', t);
   const tb = performance.now();
   const bundle = await helper.bundle;
   await ortReady.catch((e) => { throw makeError('internal', `ONNX Runtime did not start (${e.message || e}): rebuild the site (./build.sh site)`); });
