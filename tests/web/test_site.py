@@ -32,6 +32,10 @@ def test_site_has_everything_from_our_origin(site):
         "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm", "ort.wasm.min.mjs"]
     assert info["wheel"].startswith("wheels/smolchat-") and info["wheel"].endswith("-py3-none-any.whl")
     assert info["default_bundle"] == "smollm2-135m-instruct-compact"
+    # the progress bar counts what every load fetches: our wheel, not the template packages
+    # (a ChatML bundle never fetches them: worker.js installTemplatePackages)
+    assert info["wheel"] in info["runtime_files"] and info["python_packages"]
+    assert not set(info["python_packages"]) & set(info["runtime_files"])
 
 
 @pytest.mark.parametrize("path,mime", [

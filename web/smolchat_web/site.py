@@ -12,10 +12,10 @@
       kernels/<name>.wasm                web/kernels/<name>.c compiled here to freestanding
                                          wasm32 + SIMD128 by `zig cc` (PyPI `ziglang`, pinned in
                                          requirements.txt; no emscripten: no libc, no JS glue)
-      wheels/smolchat-*.whl              `pip wheel --no-deps py_runtime`; Pyodide's
-                                         loadPackage(<absolute url>) installs it (no micropip)
+      wheels/smolchat-*.whl              `pip wheel --no-deps py_runtime`; the worker unpacks
+                                         it (pyodide.unpackArchive; no micropip, no loadPackage)
       wheels/jinja2-*, markupsafe-*      pure-Python wheels for non-ChatML chat templates
-                                         (pywheels.py), installed the same way
+                                         (pywheels.py), unpacked the same way, only for those
       models/<bundle-id>/                symlinks to models/<bundle-id>/ (every built bundle)
       site.json                          what was assembled: versions, wheel, bundles, default,
                                          runtime_files {path: bytes} (the load's progress bar)
@@ -248,9 +248,11 @@ def build_site(out: Path = DIST, default_bundle: str = DEFAULT_PRESET, log=print
         "bundles": {name: f"models/{name}/" for name in bundles},
         "default_bundle": bundle_id(default_bundle),
         # bytes of the runtime files a load fetches besides the bundle (the worker counts them
-        # into its progress bar): the wasm binaries, Python's stdlib and our wheel
+        # into its progress bar): the wasm binaries, Python's stdlib and our wheel (not the
+        # template packages: a ChatML bundle never fetches them)
         "runtime_files": {rel: (out / rel).stat().st_size for rel in sorted(assembled)
-                          if rel.endswith((".wasm", ".zip", ".whl"))},
+                          if rel.endswith((".wasm", ".zip", ".whl"))
+                          and rel not in python_packages},
     }
     (out / "site.json").write_text(json.dumps(info, indent=2) + "\n")
     log(f"site: {out} ({copied} files updated, {removed} stale removed, wheel {wheel}, bundles: "
