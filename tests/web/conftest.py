@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,21 @@ def require_bundle(path: Path = COMPACT) -> Path:
                     f"`./build.sh bundle --preset compact` (CI's ./build.sh test builds it before "
                     f"running pytest)", pytrace=False)
     return path
+
+
+@pytest.fixture(scope="session")
+def node_json(site):
+    """run(script, bundle): one of this folder's Node scripts (our kernels against ORT Web, on
+    the site's own files) over `bundle` -> the JSON of its last stdout line; a missing bundle
+    fails saying what to do."""
+    def run(script: Path, bundle: Path) -> dict:
+        if not (bundle / "manifest.json").is_file():
+            pytest.fail(f"{bundle}/ is missing: ./build.sh bundle (see README)", pytrace=False)
+        p = subprocess.run(["node", str(script), str(site), str(bundle)],
+                           capture_output=True, text=True, timeout=600)
+        assert p.returncode == 0, p.stderr[-3000:]
+        return json.loads(p.stdout.strip().splitlines()[-1])
+    return run
 
 
 @pytest.fixture(scope="session")

@@ -24,18 +24,9 @@ BUNDLES = {"tiny": ROOT / "models" / "tiny-random",
            "compact": ROOT / "models" / "smollm2-135m-instruct-compact"}
 
 
-def run_node(site: Path, bundle: Path) -> dict:
-    if not (bundle / "manifest.json").is_file():
-        pytest.fail(f"{bundle}/ is missing: ./build.sh bundle (see README)", pytrace=False)
-    p = subprocess.run(["node", str(HELPER), str(site), str(bundle)],
-                       capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stderr[-3000:]
-    return json.loads(p.stdout.strip().splitlines()[-1])
-
-
 @pytest.mark.parametrize("name", ["tiny", "compact"])
-def test_kernel_expansion_is_the_js_expansion_byte_for_byte(site, name):
-    r = run_node(site, BUNDLES[name])
+def test_kernel_expansion_is_the_js_expansion_byte_for_byte(node_json, name):
+    r = node_json(HELPER, BUNDLES[name])
     print(f"{name}: expandRuntimeData CPU ms: kernel {r['kernel_ms']}, JS {r['js_ms']}; "
           f"kernel memory {r['kernel_memory'] / 2**20:.1f} MB")
     assert r["js_sha256"] == r["manifest_sha256"]

@@ -9,8 +9,6 @@ threads): tests/embed/test_api.py (info().lm_head, the same greedy ids with lmHe
 
 from __future__ import annotations
 
-import json
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -22,18 +20,9 @@ BUNDLES = {"tiny": ROOT / "models" / "tiny-random",
            "exact": ROOT / "models" / "smollm2-135m-instruct-exact"}
 
 
-def run_node(site: Path, bundle: Path) -> dict:
-    if not (bundle / "manifest.json").is_file():
-        pytest.fail(f"{bundle}/ is missing: ./build.sh bundle (see README)", pytrace=False)
-    p = subprocess.run(["node", str(HELPER), str(site), str(bundle)],
-                       capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stderr[-3000:]
-    return json.loads(p.stdout.strip().splitlines()[-1])
-
-
 @pytest.mark.parametrize("name", ["tiny", "compact"])
-def test_kernel_logits_are_orts_bit_for_bit(site, name):
-    r = run_node(site, BUNDLES[name])
+def test_kernel_logits_are_orts_bit_for_bit(node_json, name):
+    r = node_json(HELPER, BUNDLES[name])
     assert (r["head"], r["note"]) == ("kernel", None)
     assert r["nodes"] == ["MatMulIntegerToFloat", "Mul", "MatMul", "Add"]
     assert "logits" not in r["session_outputs"]
@@ -47,7 +36,7 @@ def test_kernel_logits_are_orts_bit_for_bit(site, name):
     assert "turned off by the caller" in off
 
 
-def test_exact_bundle_keeps_orts_head(site):
-    r = run_node(site, BUNDLES["exact"])
+def test_exact_bundle_keeps_orts_head(node_json):
+    r = node_json(HELPER, BUNDLES["exact"])
     assert r["head"] == "ort"
     assert "no int8 LM head" in r["note"]

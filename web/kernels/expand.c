@@ -30,24 +30,13 @@
 
 // ---- memory -------------------------------------------------------------------------------
 
-extern unsigned char __heap_base;
-static uintptr_t top = 0;
-
-static uintptr_t heap_start(void) { return ((uintptr_t)&__heap_base + 15) & ~(uintptr_t)15; }
+#include "bump.h"
 
 // Forget every block handed out (the memory stays: wasm memory never shrinks).
-EXPORT("ex_reset") void ex_reset(void) { top = heap_start(); }
+EXPORT("ex_reset") void ex_reset(void) { bump_top = bump_start(); }
 
 // -> a 16-byte-aligned block of `bytes`, or 0 when memory cannot grow.
-EXPORT("ex_alloc") void *ex_alloc(uint32_t bytes) {
-  if (!top) ex_reset();
-  uintptr_t p = top, end = p + ((bytes + 15) & ~15u);
-  uintptr_t have = __builtin_wasm_memory_size(0) * 65536u;
-  if (end > have && __builtin_wasm_memory_grow(0, (end - have + 65535) / 65536) == (uintptr_t)-1)
-    return 0;
-  top = end;
-  return (void *)p;
-}
+EXPORT("ex_alloc") void *ex_alloc(uint32_t bytes) { return bump_alloc(bytes); }
 
 // The per-row functions stay functions of their own: V8 first runs a module's code from its
 // baseline compiler (Liftoff, ~4x slower here) and a call keeps running the code it started in,

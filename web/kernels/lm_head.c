@@ -23,20 +23,11 @@
 
 #define EXPORT(name) __attribute__((export_name(name)))
 
-extern unsigned char __heap_base;
-static uintptr_t top = 0;
+#include "bump.h"
 
 // -> a 16-byte-aligned block of `bytes` in this module's memory (never freed: the head's
 // buffers live as long as the module), or 0 when memory cannot grow.
-EXPORT("lm_alloc") void *lm_alloc(uint32_t bytes) {
-  if (!top) top = ((uintptr_t)&__heap_base + 15) & ~(uintptr_t)15;
-  uintptr_t p = top, end = p + ((bytes + 15) & ~15u);
-  uintptr_t have = __builtin_wasm_memory_size(0) * 65536u;
-  if (end > have && __builtin_wasm_memory_grow(0, (end - have + 65535) / 65536) == (uintptr_t)-1)
-    return 0;
-  top = end;
-  return (void *)p;
-}
+EXPORT("lm_alloc") void *lm_alloc(uint32_t bytes) { return bump_alloc(bytes); }
 
 // Rows k0 .. k0+rows of the graph's table src [rows, V] (the slice of [K, V] starting at
 // row k0) into dst [V, K]: dst[v*K + k0 + r] = src[r*V + v]. Called chunk by chunk while the

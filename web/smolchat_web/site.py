@@ -99,13 +99,16 @@ KERNEL_FLAGS = ["-target", "wasm32-freestanding", "-O3", "-msimd128", "-ffp-cont
 
 
 def build_kernels(out: Path, log=print) -> list[str]:
-    """web/kernels/*.c -> out/kernels/*.wasm (rebuilt when the source or the flags changed:
-    a .hash file beside each). -> the paths, relative to out."""
+    """web/kernels/*.c -> out/kernels/*.wasm (rebuilt when the source, a header of the folder
+    or the flags changed: a .hash file beside each). -> the paths, relative to out."""
     made = []
+    # (every kernel includes what it likes of the folder's headers: bump.h)
+    headers = b"".join(h.read_bytes() for h in sorted((WEB / "kernels").glob("*.h")))
     for src in sorted((WEB / "kernels").glob("*.c")):
         rel = f"kernels/{src.stem}.wasm"
         dst, stamp = out / rel, out / f"kernels/.{src.stem}.hash"
-        want = hashlib.sha256(src.read_bytes() + " ".join(KERNEL_FLAGS).encode()).hexdigest()[:16]
+        want = hashlib.sha256(src.read_bytes() + headers
+                              + " ".join(KERNEL_FLAGS).encode()).hexdigest()[:16]
         made.append(rel)
         if dst.is_file() and stamp.is_file() and stamp.read_text() == want:
             continue
