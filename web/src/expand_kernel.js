@@ -16,7 +16,8 @@
 // What it ignores: threads (one kernel, the calling thread), fetching the .wasm (the caller
 // hands a compiled Module or bytes).
 
-import { rotationBlock } from './runtime_form.js';
+import { rotationBlock, q4cParams } from './runtime_form.js';
+import { instantiateKernel, kernelExports, kernelAllocator } from './kernels.js';
 
 const KERNEL_OPS = new Set(['q4_1_i8', 'q4_1_i8h', 'q4_1z_i8h', 'q4c_i8', 'q4c_i8h', 'q4cx_i8h']);
 
@@ -34,11 +35,8 @@ export class ExpandKernel {
   // instance: the WebAssembly instance of kernels/expand.wasm; stripBytes: int8 output bytes
   // per kernel call (tests make it small to cut tensors into many strips)
   constructor(instance, { stripBytes = STRIP_BYTES } = {}) {
-    const e = instance.exports;
-    for (const name of ['memory', 'ex_reset', 'ex_alloc', 'ex_rows']) {
-      if (!(name in e)) throw new Error(`the expansion kernel lacks ${name}: rebuild the site (./build.sh site)`);
-    }
-    this.e = e;
+    this.e = kernelExports(instance, ['memory', 'ex_reset', 'ex_alloc', 'ex_rows'], 'expansion kernel');
+    this.alloc = kernelAllocator(this.e.ex_alloc, 'expansion kernel');
     this.stripBytes = stripBytes;
     this.tensors = 0;   // tensors expanded here (running total)
     this.ms = 0;        // ms spent in expand() (copies in and out included)
@@ -88,9 +86,7 @@ export class ExpandKernel {
     const nb = K / QK;
     const rot = rotationBlock(t);
     const q41 = t.op.startsWith('q4_1');
-    if (!q41 && t.params !== 'a4') {
-      throw new Error(`bundle_corrupt: ${t.op} params ${JSON.stringify(t.params)}: this runtime reads "a4" only; rebuild the bundle or update SmolChat`);
-    }
+    if (!q41) q4cParams(t);
     const fr = t.float_rows || [];
     const ks = q41 ? [] : t.int8_cols || [];
     for (const k of [...fr, ...ks]) {
@@ -139,11 +135,7 @@ export class ExpandKernel {
       }
       // every block first (the memory may grow: views are made after)
       e.ex_reset();
-      const alloc = (bytes) => {
-        const p = e.ex_alloc(Math.max(bytes, 1));
-        if (!p) throw new Error('out of memory: the expansion kernel could not grow its memory');
-        return p;
-      };
+      const alloc = (bytes) => this.alloc(Math.max(bytes, 1));
       const at = alloc(4 * JOB_FIELDS.length);
       job.q = skip ? 0 : alloc(K * S);
       job.scale = alloc(4 * S);
@@ -194,9 +186,7 @@ export async function loadExpandKernel(source, { off = false } = {}) {
   }
   if (typeof WebAssembly !== 'object') return { kernel: null, note: 'WebAssembly is not available here' };
   try {
-    const instance = source instanceof WebAssembly.Module ? await WebAssembly.instantiate(source, {})
-      : (await WebAssembly.instantiate(source, {})).instance;
-    return { kernel: new ExpandKernel(instance), note: null };
+    return { kernel: new ExpandKernel(await instantiateKernel(source)), note: null };
   } catch (e) {
     return { kernel: null, note: `the expansion kernel could not start: ${e.message}` };
   }

@@ -25,6 +25,8 @@
 // nodes and keeps ORT's head), more than one position (the graph slices the last one), and
 // threads (the kernel runs on the calling thread; ORT's pool is idle while it does).
 
+import { instantiateKernel, kernelExports, kernelAllocator } from './kernels.js';
+
 export const LM_HEAD_PREFIX = 'lm_head/';
 export const LM_HEAD_INPUTS = ['lm_head.codes', 'lm_head.scale', 'lm_head.features'];
 
@@ -129,23 +131,13 @@ export function headlessGraph(model) {
 
 // ---- the kernel ----
 
-// -> the kernel's WebAssembly instance. source: a WebAssembly.Module (worker.js compiles it
-// while streaming, beside ORT's start) or the .wasm bytes (Node tests).
-export async function loadKernel(source) {
-  if (source instanceof WebAssembly.Module) return WebAssembly.instantiate(source, {});
-  return (await WebAssembly.instantiate(source, {})).instance;
-}
-
 const CHUNK_ROWS = 16;  // rows of the [K, V] table copied into the kernel's memory at a time
 
 export class LmHead {
-  // instance: loadKernel's; t: the manifest.runtime.tensors entry of the head's table (n = V,
+  // instance: kernels.js instantiateKernel's; t: the manifest.runtime.tensors entry of the head's table (n = V,
   // k = K, dst / dst_scale / dst_float: byte offsets in model.data, float_rows: F features).
   constructor(instance, t) {
-    const e = instance.exports;
-    for (const name of ['memory', 'lm_alloc', 'lm_transpose', 'lm_logits', 'lm_codes']) {
-      if (!(name in e)) throw new Error(`the LM head kernel lacks ${name}: rebuild the site (./build.sh site)`);
-    }
+    const e = kernelExports(instance, ['memory', 'lm_alloc', 'lm_transpose', 'lm_logits', 'lm_codes'], 'LM head kernel');
     this.e = e;
     this.V = t.n; this.K = t.k; this.F = (t.float_rows || []).length;
     this.regions = [
@@ -153,11 +145,7 @@ export class LmHead {
       { name: 'scale', start: t.dst_scale, bytes: 4 * this.V },
     ];
     if (this.F) this.regions.push({ name: 'rows', start: t.dst_float, bytes: 4 * this.F * this.V });
-    const a = (bytes) => {
-      const p = e.lm_alloc(bytes);
-      if (!p) throw new Error('out of memory: the LM head kernel could not grow its memory');
-      return p;
-    };
+    const a = kernelAllocator(e.lm_alloc, 'LM head kernel');
     this.ptr = {
       table: a(this.K * this.V), scale: a(4 * this.V), rows: a(4 * Math.max(this.F, 1) * this.V),
       x16: a(2 * this.K), codes: a(this.K), xf: a(4 * Math.max(this.F, 1)), out: a(4 * this.V),
@@ -214,7 +202,7 @@ export class LmHead {
 
 // What a load needs to use the kernel: {graph (headless bytes), head (LmHead, waiting for its
 // weights through tap)}, or {graph: original, head: null, note} saying why ORT keeps the head.
-// kernel: a WebAssembly.Module or bytes for loadKernel, or the Error its fetch gave;
+// kernel: a WebAssembly.Module or bytes (kernels.js instantiateKernel), or the Error its fetch gave;
 // off: the caller turned it off.
 export async function prepareLmHead(graph, manifest, kernel, { off = false } = {}) {
   let edit;
@@ -231,7 +219,7 @@ export async function prepareLmHead(graph, manifest, kernel, { off = false } = {
     return { graph, head: null, note: `the manifest does not describe the LM head's table ${edit.weights.table}` };
   }
   try {
-    const head = new LmHead(await loadKernel(kernel), t);
+    const head = new LmHead(await instantiateKernel(kernel), t);
     return { graph: edit.graph, head, note: null };
   } catch (e) {
     return { graph, head: null, note: `the LM head kernel could not start: ${e.message}` };

@@ -207,6 +207,14 @@ function nibbleRow(w, off, row, K, QK, table, v) {
   }
 }
 
+// The q4c ops' block-scale coding (t.params): "a4", a 4-bit index into a_levels, is the only
+// one; anything else is a bundle this runtime cannot read (expand_kernel.js checks it too).
+export function q4cParams(t) {
+  if (t.params !== "a4") {
+    throw new Error(`bundle_corrupt: ${t.op} params ${JSON.stringify(t.params)}: this runtime reads "a4" only; rebuild the bundle or update SmolChat`);
+  }
+}
+
 // q4c_i8: value = col[n] * A[a] * L[code] (float64), a = the block's 4-bit scale index; rows
 // n >= coarse_from use the 8 coarse_levels instead of the 16 code_levels, rows n < fine_until
 // the 32 fine_levels with one code per byte in fine_codes (the nibbles of src.codes start at
@@ -217,9 +225,7 @@ function nibbleRow(w, off, row, K, QK, table, v) {
 function q4cI8(t, w, dv, out, outDv) {
   const { n: N, k: K, block: QK, src } = t;
   const nb = K / QK;
-  if (t.params !== "a4") {
-    throw new Error(`bundle_corrupt: ${t.op} params ${JSON.stringify(t.params)}: this runtime reads "a4" only; rebuild the bundle or update SmolChat`);
-  }
+  q4cParams(t);
   const ks = t.int8_cols || [];
   const xs = ks.length ? f32Array(dv, src.cols_scale, ks.length) : null;
   const xq = ks.length ? new Int8Array(w.buffer, w.byteOffset + src.cols_q, ks.length * N) : null;
