@@ -21,9 +21,7 @@ run produced (optional outputs left empty).
 """
 
 import copy
-import tempfile
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -70,28 +68,26 @@ def annotate(model: onnx.ModelProto, data: np.ndarray, data_name: str) -> dict:
     probe = copy.deepcopy(model)
     del probe.graph.value_info[:]
     probe.graph.output.extend(onnx.ValueInfoProto(name=x) for x in values)
-    with tempfile.TemporaryDirectory() as tmp:
-        onnx.save(probe, str(Path(tmp) / "probe.onnx"))
-        data.tofile(str(Path(tmp) / data_name))
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = 2
-        so.enable_mem_reuse = False   # (the slow planning this module removes)
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        sess = ort.InferenceSession(str(Path(tmp) / "probe.onnx"), so,
-                                    providers=["CPUExecutionProvider"])
-        past = [i for i in sess.get_inputs() if i.name.startswith("past_key_values")]
-        shapes: dict[str, list] = {x: [] for x in values}
-        dtypes: dict[str, np.dtype] = {}
-        for s, p in SIZES:
-            feeds = {"input_ids": np.full((1, s), 1, np.int64),
-                     "attention_mask": np.ones((1, s + p), np.int64),
-                     "position_ids": np.arange(p, p + s, dtype=np.int64)[None]}
-            for i in past:
-                feeds[i.name] = np.zeros((1, i.shape[1], p, i.shape[3]), np.float32)
-            for x, a in zip(values, sess.run(values, feeds)):
-                shapes[x].append(a.shape)
-                dtypes[x] = a.dtype
-        del sess
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 2
+    so.enable_mem_reuse = False   # (the slow planning this module removes)
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    # the external data from memory, as smolchat.runtime_form.load_session gives it
+    so.add_external_initializers_from_files_in_memory([data_name], [data], [data.size])
+    sess = ort.InferenceSession(probe.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    past = [i for i in sess.get_inputs() if i.name.startswith("past_key_values")]
+    shapes: dict[str, list] = {x: [] for x in values}
+    dtypes: dict[str, np.dtype] = {}
+    for s, p in SIZES:
+        feeds = {"input_ids": np.full((1, s), 1, np.int64),
+                 "attention_mask": np.ones((1, s + p), np.int64),
+                 "position_ids": np.arange(p, p + s, dtype=np.int64)[None]}
+        for i in past:
+            feeds[i.name] = np.zeros((1, i.shape[1], p, i.shape[3]), np.float32)
+        for x, a in zip(values, sess.run(values, feeds)):
+            shapes[x].append(a.shape)
+            dtypes[x] = a.dtype
+    del sess
     infos, named, unnamed = [], Counter(), 0
     for x in values:
         ranks = {len(t) for t in shapes[x]}
