@@ -1,9 +1,14 @@
 """Cache Storage for bundles (web/src/bundle_cache.js), with the tiny random bundle: byte
-progress on the first load, zero model bytes on the next, a new manifest bundle_hash forcing a
-fresh download, a corrupt cached file fetched again, a full quota running without caching.
-The same reload with the real bundle is in test_api.py (zero bytes and faster)."""
+progress on the first load, zero model bytes on the next, weights.bin kept inflated (its own
+entry replaced by `weights.bin.inflated`, so a later load does not inflate), a new manifest
+bundle_hash forcing a fresh download, a corrupt cached file (or inflated form) fetched again, a
+full quota running without caching. The same reload with the real bundle is in test_api.py
+(zero bytes, the same greedy ids)."""
 
 from __future__ import annotations
+
+import hashlib
+import zlib
 
 import pytest
 
@@ -11,6 +16,7 @@ pytestmark = [pytest.mark.browser]
 
 TINY_URL = "/models/tiny-random/"
 CACHE = "smolchat-tiny-random"
+INFLATED = "weights.bin.inflated"
 
 ENTRIES_JS = """async (name) => {
   if (!(await caches.has(name))) return null;
@@ -19,7 +25,8 @@ ENTRIES_JS = """async (name) => {
   for (const req of await cache.keys()) {
     const res = await cache.match(req);
     out[req.url.split('/').pop()] = { hash: res.headers.get('x-smolchat-bundle-hash'),
-                                      sha: res.headers.get('x-smolchat-sha256'), bytes: (await res.arrayBuffer()).byteLength };
+                                      sha: res.headers.get('x-smolchat-sha256'), bytes: (await res.arrayBuffer()).byteLength,
+                                      source: res.headers.get('x-smolchat-source-sha256') };
   }
   return out;
 }"""
@@ -44,6 +51,20 @@ def manifest_files(kit):
     return m, {n: m["files"][n] for n in kit.BUNDLE_FILES}
 
 
+def cached_entries(kit, manifest, files, bundle_hash=None):
+    """What the cache holds after a load: every file as downloaded, except weights.bin, which
+    is kept inflated (zlib, as the build wrote it) under its own sha256 and its source's."""
+    assert manifest["runtime"]["weights_encoding"] == "zlib"
+    raw = zlib.decompress((kit.TINY / "weights.bin").read_bytes())
+    assert len(raw) == manifest["runtime"]["weights_raw_bytes"]
+    h = bundle_hash or manifest["bundle_hash"]
+    out = {n: {"hash": h, "sha": f["sha256"], "bytes": f["bytes"], "source": None}
+           for n, f in files.items() if n != "weights.bin"}
+    out[INFLATED] = {"hash": h, "sha": hashlib.sha256(raw).hexdigest(), "bytes": len(raw),
+                     "source": files["weights.bin"]["sha256"]}
+    return out
+
+
 def reload(page, origin):
     page.goto(f"{origin}/examples/widget.html")
 
@@ -64,9 +85,7 @@ def test_cache_lifecycle(blank, origin, kit):
     downloads = [p for p in page.evaluate("() => window.progress") if p["stage"] == "download"]
     loaded = [p["loaded"] for p in downloads]
     assert len(downloads) >= 2 and loaded == sorted(loaded) and loaded[-1] == downloads[-1]["total"] == total
-    entries = page.evaluate(ENTRIES_JS, CACHE)
-    assert entries == {n: {"hash": manifest["bundle_hash"], "sha": f["sha256"], "bytes": f["bytes"]}
-                       for n, f in files.items()}
+    assert page.evaluate(ENTRIES_JS, CACHE) == cached_entries(kit, manifest, files)
 
     # 2. Next visit: zero model bytes; only the (small) manifest is fetched, always fresh.
     traffic.reset()
@@ -94,6 +113,25 @@ def test_cache_lifecycle(blank, origin, kit):
     assert (info["from_cache"], info["cache"]) == (False, "miss")
     assert page.evaluate(ENTRIES_JS, CACHE)["config.json"]["sha"] == files["config.json"]["sha256"]
 
+    # 3b. The inflated weights with a flipped byte: its own sha256 catches it on read, weights.bin
+    #     alone is downloaded (and inflated) again, and the entry is made anew; the reply is the
+    #     one the first load gave (same greedy ids).
+    page.evaluate("""async ([name, file]) => {
+      const cache = await caches.open(name);
+      const key = (await cache.keys()).find((r) => r.url.endsWith('/' + file));
+      const old = await cache.match(key);
+      const bytes = new Uint8Array(await old.arrayBuffer()); bytes[bytes.length >> 1] ^= 0x5a;
+      await cache.put(key, new Response(bytes, { headers: old.headers }));
+    }""", [CACHE, INFLATED])
+    traffic.reset()
+    reload(page, origin)
+    info = kit.load_api(page, TINY_URL)
+    assert names(traffic.model_files()) == ["weights.bin"]
+    assert (info["from_cache"], info["cache"]) == (False, "miss")
+    assert page.evaluate(ENTRIES_JS, CACHE) == cached_entries(kit, manifest, files)
+    again = page.evaluate("() => window.bot.chat('Hello', { maxTokens: 4, temperature: 0 })")
+    assert again["text"] == reply["text"], (again, reply)
+
     # 4. A rebuilt bundle (the manifest's bundle_hash changed): everything downloaded afresh,
     #    the old entries replaced.
     new_hash = "f" * 64
@@ -103,8 +141,7 @@ def test_cache_lifecycle(blank, origin, kit):
     info = kit.load_api(page, TINY_URL)
     assert (info["from_cache"], info["cache"], info["bundle_hash"]) == (False, "miss", new_hash)
     assert names(traffic.model_files()) == sorted(kit.BUNDLE_FILES) and traffic.model_bytes() == total
-    entries = page.evaluate(ENTRIES_JS, CACHE)
-    assert set(entries) == set(kit.BUNDLE_FILES) and {e["hash"] for e in entries.values()} == {new_hash}
+    assert page.evaluate(ENTRIES_JS, CACHE) == cached_entries(kit, manifest, files, new_hash)
 
     # 5. The new version is what is cached now.
     traffic.reset()

@@ -6,6 +6,8 @@
 //   const got = await files.fetch('weights.bin');
 //   // a hit: {bytes} (already checked against the manifest's bytes and sha256)
 //   // a miss: {response} from the network (the caller reads and verifies it; it is stored as read)
+//   const raw = await files.fetchDerived('weights.bin', 'weights.bin.inflated', n);  // a verified hit | null
+//   files.keepDerived('weights.bin', 'weights.bin.inflated', raw);   // replaces weights.bin's entry
 //   const report = await files.report();  // {from_cache, cache, cache_name, network_bytes}
 //
 // Layout: one cache per bundle id, `smolchat-<bundle_id>` (caches.open). Keys do not depend
@@ -22,12 +24,21 @@
 // re-wrapped in a Response that the caller read and hashed again: ~0.3 s and 72 MB more).
 // Storage: a QuotaExceededError (or any failed put) deletes the partial cache and the load
 // goes on from the network bytes; the report says `disabled: <reason>`.
+// Derived entries (keepDerived / fetchDerived): what a file becomes once verified, e.g.
+// weights.bin inflated (`weights.bin.inflated`, 84 MB for compact), so that a later load skips
+// the inflate (0.5-0.6 s on the load's critical path, README "Load time"). Such an entry
+// replaces its source file's entry (the source is not kept: it is not read again while the
+// derived entry is good); it carries `x-smolchat-source-sha256` (the source's sha256 in the
+// manifest) and `x-smolchat-sha256`, the sha256 of its own bytes taken when they were made from
+// the verified source. A derived entry that fails its check is deleted and the caller falls
+// back to the source file (downloaded again).
 //
 // What this module ignores: which files a bundle needs and what they mean (bundle_loader.js).
 
 const KEY_ORIGIN = 'https://smolchat.invalid/';
 const HASH_HEADER = 'x-smolchat-bundle-hash';
 const SHA_HEADER = 'x-smolchat-sha256';
+const SOURCE_HEADER = 'x-smolchat-source-sha256';
 
 export function cacheName(manifest) {
   return `smolchat-${manifest.bundle_id || 'bundle'}`;
@@ -104,6 +115,28 @@ export async function openBundleCache(base, manifest, fetchFile, { enabled = tru
     return bytes;
   }
 
+  // The verified bytes of the derived entry `derived` made from `source`, or null.
+  async function readDerived(source, derived, bytes) {
+    const entry = files[source];
+    if (!cache || !entry || !entry.sha256) return null;
+    const key = entryKey(manifest, derived);
+    let response;
+    try { response = await cache.match(key); } catch { return null; }
+    if (!response) return null;
+    const sha = response.headers.get(SHA_HEADER);
+    if (response.headers.get(SOURCE_HEADER) !== entry.sha256 || response.headers.get(HASH_HEADER) !== version || !sha) {
+      try { await cache.delete(key); } catch { /* a later put overwrites it */ }
+      return null;
+    }
+    let got = null;
+    try { got = new Uint8Array(await response.arrayBuffer()); } catch { got = null; }
+    if (!got || got.length !== bytes || (await sha256Hex(got)) !== sha) {
+      try { await cache.delete(key); } catch { /* a later put overwrites it */ }
+      return null;
+    }
+    return got;
+  }
+
   function keep(file, response) {
     const entry = files[file];
     if (!cache || !entry || !entry.sha256 || !response.body) return response;
@@ -131,6 +164,38 @@ export async function openBundleCache(base, manifest, fetchFile, { enabled = tru
       const response = await fetchFile(base + file);
       networkBytes += (files[file] && files[file].bytes) || Number(response.headers.get('Content-Length')) || 0;
       return { response: keep(file, response) };
+    },
+    // -> Uint8Array: the derived entry `derived` (e.g. 'weights.bin.inflated') of file `source`,
+    // `bytes` long and checked against its own sha256; null when there is none that checks
+    // (the caller reads `source` with fetch() and makes it). A hit counts as a hit of `source`.
+    async fetchDerived(source, derived, bytes) {
+      const hit = await readDerived(source, derived, bytes);
+      if (hit) hits += 1;
+      return hit;
+    },
+    // Store `bytes`, made from the verified file `source`, as the entry `derived`, and drop
+    // `source`'s own entry once it is stored. `bytes` are read by the store after this returns:
+    // do not change or free them before report() (or the returned promise) settles.
+    keepDerived(source, derived, bytes) {
+      const entry = files[source];
+      if (!cache || !entry || !entry.sha256) return Promise.resolve();
+      const target = cache;
+      const earlier = puts.slice();   // (source's own put, if it was downloaded now)
+      const stored = (async () => {
+        const sha = await sha256Hex(bytes);
+        await Promise.all(earlier);
+        if (disabled) return;
+        // a stream over the bytes themselves: a Response of a Uint8Array would copy them first
+        const body = new ReadableStream({ start(c) { c.enqueue(bytes); c.close(); } });
+        await target.put(entryKey(manifest, derived), new Response(body, { headers: {
+          'Content-Type': 'application/octet-stream', 'Content-Length': String(bytes.length),
+          [SHA_HEADER]: sha, [SOURCE_HEADER]: entry.sha256, [HASH_HEADER]: version } }));
+        await target.delete(entryKey(manifest, source));
+      })().catch((e) => disable(isQuotaError(e)
+        ? `storage full (${e.name || 'QuotaExceededError'}): running without caching; free browser storage to cache the model`
+        : `could not store ${derived} (${e.name || 'Error'}: ${e.message || e}): running without caching`));
+      puts.push(stored);
+      return stored;
     },
     // Waits for the stores to finish; call once every file was read and verified.
     async report() {

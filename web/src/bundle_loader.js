@@ -58,10 +58,15 @@ async function readAll(response, expected, onBytes) {
   return length === buffer.length ? buffer : buffer.slice(0, length);
 }
 
-// -> {manifest, texts: {name: string}, graph: Uint8Array, form: Promise<Uint8Array>}. `form` is
-// the download form (weights.bin inflated, runtime_form.js downloadForm), started here so that
-// inflating overlaps what the caller does next (Python's boot); weights.bin's own bytes are
-// dropped once inflated. A failed inflate rejects `form` (createSession reports it).
+// -> {manifest, texts: {name: string}, graph: Uint8Array, form: Promise<Uint8Array>, total,
+// keepForm(form) -> Promise, report() -> Promise<cache report>}. `form` is the download form
+// (weights.bin inflated, runtime_form.js downloadForm), started here so that inflating overlaps
+// what the caller does next (Python's boot); weights.bin's own bytes are dropped once inflated.
+// A failed inflate rejects `form` (createSession reports it). A later visit reads the inflated
+// form itself from Cache Storage when keepForm stored it (bundle_cache.js derived entries: no
+// inflate, README "Load time"); keepForm's promise says when the store has read `form` (free it
+// after, and let it settle before the worker ends, on failures too). report() once everything
+// is read: bundle_cache.js's {from_cache, cache, ...}.
 export async function downloadBundle(bundleUrl, onProgress, { cache = true } = {}) {
   const base = bundleUrl.endsWith('/') ? bundleUrl : bundleUrl + '/';
   const manifestText = await (await fetchOrMissing(base + 'manifest.json', { cache: 'no-store' })).text();
@@ -70,6 +75,7 @@ export async function downloadBundle(bundleUrl, onProgress, { cache = true } = {
   try { manifest = JSON.parse(manifestText); } catch (e) {
     throw makeError('bundle_corrupt', `${base}manifest.json is not valid JSON: rebuild the bundle`);
   }
+  const { downloadForm, inflatedBytes, freeBuffer } = await import('./runtime_form.js');
   const entries = fileEntries(manifest);
   const runtime = manifest.runtime || {};
   const graphName = runtime.graph || 'model.onnx';
@@ -79,8 +85,18 @@ export async function downloadBundle(bundleUrl, onProgress, { cache = true } = {
   let loaded = 0;
   const onBytes = (n) => { loaded += n; onProgress({ loaded, total: Math.max(total, loaded) }); };
   const files = await openBundleCache(base, manifest, fetchOrMissing, { enabled: cache }); // Cache Storage (issue 5)
+  // weights.bin inflated, as a verified cache entry of an earlier visit (null: weights.bin is
+  // stored raw, or no such entry)
+  const derivedName = `${weightsName}.inflated`;
+  let rawBytes = null;
+  try { rawBytes = inflatedBytes(manifest); } catch (e) { throw loadError(e); }
+  let inflated = null;
   const bodies = await Promise.all(names.map(async (name) => {
     const entry = entries[name] || {};
+    if (name === weightsName && rawBytes !== null) {
+      inflated = await files.fetchDerived(weightsName, derivedName, rawBytes);
+      if (inflated) { onBytes(entry.bytes || 0); return [name, null]; }
+    }
     const got = await files.fetch(name);
     if (got.bytes) { // a cache hit, checked against the manifest by bundle_cache.js
       onBytes(got.bytes.length);
@@ -101,13 +117,21 @@ export async function downloadBundle(bundleUrl, onProgress, { cache = true } = {
   const decoder = new TextDecoder();
   const texts = { manifest: manifestText };
   for (const n of TEXT_FILES) texts[n] = decoder.decode(byName[n]);
-  const { downloadForm, freeBuffer } = await import('./runtime_form.js');
   const weights = byName[weightsName];
   delete byName[weightsName];
   // weights.bin's own bytes are freed once inflated (nothing else reads them)
-  const form = downloadForm(manifest, weights).then((f) => { if (f !== weights) freeBuffer(weights.buffer); return f; });
+  const form = inflated ? Promise.resolve(inflated)
+    : downloadForm(manifest, weights).then((f) => { if (f !== weights) freeBuffer(weights.buffer); return f; });
   form.catch(() => {}); // observed by createSession
-  return { manifest, texts, graph: byName[graphName], form, total, cache: await files.report() };
+  // the files' own stores end before anything can fail on (a helper worker terminated in the
+  // middle of a Cache Storage put left the next load's caches.delete waiting forever)
+  await files.report();
+  return {
+    manifest, texts, graph: byName[graphName], form, total,
+    // (an inflated form read from the cache, or a bundle stored raw: nothing to keep)
+    keepForm: (f) => (inflated || rawBytes === null ? Promise.resolve() : files.keepDerived(weightsName, derivedName, f)),
+    report: () => files.report(),
+  };
 }
 
 // The external data file name the graph refers to (manifest.runtime names it).

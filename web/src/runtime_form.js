@@ -339,6 +339,20 @@ function opFor(t, kernel) {
 }
 
 /**
+ * The download form's length when weights.bin is stored compressed (what downloadForm
+ * inflates it to), or null when weights.bin is the download form itself.
+ * @param {object} manifest  the bundle's manifest.json (or its `runtime` section)
+ * @returns {number | null}
+ */
+export function inflatedBytes(manifest) {
+  const rt = runtimeOf(manifest);
+  const encoding = rt.weights_encoding ?? "raw";
+  if (encoding === "raw") return null;
+  if (encoding !== "zlib") throw new Error(`bundle_corrupt: unknown weights_encoding ${encoding}: update SmolChat`);
+  return rt.weights_raw_bytes;
+}
+
+/**
  * The download form the ops read, from weights.bin as stored: inflated when
  * manifest.runtime.weights_encoding is "zlib" (one RFC 1950 stream; DecompressionStream
  * "deflate", native in browsers and Node >= 18), else the bytes themselves.
@@ -347,11 +361,9 @@ function opFor(t, kernel) {
  * @returns {Promise<Uint8Array>} manifest.runtime.weights_raw_bytes long
  */
 export async function downloadForm(manifest, fileBytes) {
-  const rt = runtimeOf(manifest);
-  const encoding = rt.weights_encoding ?? "raw";
-  if (encoding === "raw") return fileBytes;
-  if (encoding !== "zlib") throw new Error(`bundle_corrupt: unknown weights_encoding ${encoding}: update SmolChat`);
-  const out = new Uint8Array(rt.weights_raw_bytes);
+  const rawBytes = inflatedBytes(manifest);
+  if (rawBytes === null) return fileBytes;
+  const out = new Uint8Array(rawBytes);
   let length = 0;
   // (a stream over the bytes themselves: a Blob would copy them first)
   const input = new ReadableStream({ start(c) { c.enqueue(fileBytes); c.close(); } });
@@ -539,7 +551,8 @@ export function runtimeDataSource(manifest, weightsBytes, options = {}) {
  *          onChunk?: (parts: {start: number, bytes: Uint8Array}[]) => void, kernel?: object}} [options]
  *   kernel: an ExpandKernel (expand_kernel.js) for the int4 -> int8 ops, or none: JS
  *   onChunk: each buffer's regions as soon as it is expanded; the buffer is freed when
- *   onChunk returns (freeBuffer), so it copies what it keeps (postMessage without transfer)
+ *   onChunk returns (freeBuffer), so it copies what it keeps (postMessage without transfer),
+ *   unless it returns true: then the buffer is the caller's (to free once it is done with it)
  * @returns {{start: number, bytes: Uint8Array}[]} one entry per region (regionsOf), sorted by
  *   start (empty with onChunk); views of ArrayBuffers of ~8 MB (CHUNK_BYTES) that each hold
  *   consecutive tensors
@@ -566,8 +579,7 @@ export function expandParts(manifest, weightsBytes, options = {}) {
       done += 1;
       if (options.onProgress) options.onProgress(done, rt.tensors.length);
     }
-    if (options.onChunk) {
-      options.onChunk(mine);
+    if (options.onChunk && options.onChunk(mine) !== true) {
       freeBuffer(chunk.buffer); // (onChunk copied what it keeps)
     }
   }

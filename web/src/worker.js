@@ -206,6 +206,9 @@ function bundleFromHelper(url, cache, stallTimeoutMs, expandKernel, onProgress, 
   let onStarted = () => {};
   const started = new Promise((resolve) => { onStarted = resolve; });
   let onTexts = () => {};   // (set below, before any message can arrive)
+  // send() also sets gate[0] = 1, which the helper reads while it expands (load_worker.js)
+  const gate = self.crossOriginIsolated === true && typeof SharedArrayBuffer === 'function'
+    ? new Int32Array(new SharedArrayBuffer(4)) : null;
   const bundle = new Promise((resolve, reject) => {
     try {
       helper = spawnHelper(new URL(here('./load_worker.js')));
@@ -230,14 +233,14 @@ function bundleFromHelper(url, cache, stallTimeoutMs, expandKernel, onProgress, 
         `(${event.message || 'script error: a runtime file is missing?'}): rebuild the site (./build.sh site)`));
     };
     helper.onmessageerror = () => end(reject, makeError('internal', 'the load helper worker sent an unreadable message'));
-    helper.postMessage({ bundleUrl: url, cache, stallTimeoutMs, expandKernel });
+    helper.postMessage({ bundleUrl: url, cache, stallTimeoutMs, expandKernel, gate });
   });
   const texts = new Promise((resolve, reject) => { onTexts = resolve; bundle.catch(reject); });
   texts.catch(() => {});
   return {
     bundle, started, texts, terminate: () => helper && helper.terminate(),
     // this thread is free: the helper may send model.data (load_worker.js)
-    send: () => helper && helper.postMessage({ type: 'send' }),
+    send: () => { if (gate) Atomics.store(gate, 0, 1); if (helper) helper.postMessage({ type: 'send' }); },
   };
 }
 
@@ -322,20 +325,6 @@ async function loadModel(id, { bundleUrl, threads, systemPrompt, contextWindow, 
     const files = runtime.loaded() < runtime.total ? ` · runtime files ${mb(runtime.loaded())} / ${mb(runtime.total)} MB` : '';
     progress('download', all ? done / all : 0, `Reading the model: ${mb(loadedBytes)} / ${mb(totalBytes)} MB${files}`);
   };
-  // ORT's wasm (14 MB) is fetched and compiled now (V8 compiles off this thread) instead of
-  // at the session, after Python: a one-node session initializes the runtime.
-  const tOrt = performance.now();
-  const ortReady = ort.InferenceSession.create(IDENTITY_ONNX).then(async (s) => {
-    // (ORT imported its factory through ort_wasm_capture.js when heap; a dynamic import, as
-    // ort_heap.js does: the page's static imports stay what they were)
-    mark('ort_init', tOrt);
-    if (heap) ({ capturedModule: ortModule } = await import('./ort_wasm_capture.js'));
-    return s.release();
-  });
-  ortReady.catch(() => {});
-  // the LM head kernel (lm_head.js; 8 KB) compiles meanwhile too
-  const lmKernel = lmHead === false ? null : WebAssembly.compileStreaming(fetch(here('./kernels/lm_head.wasm')));
-  if (lmKernel) lmKernel.catch(() => {});
   const helper = bundleFromHelper(url, cache !== false, stallTimeoutMs, expandKernel, (m) => {
     if (m.stage === 'download') {
       loadedBytes = m.loaded; totalBytes = m.total;
@@ -353,6 +342,22 @@ async function loadModel(id, { bundleUrl, threads, systemPrompt, contextWindow, 
   // before Python's boot holds the thread for a second or more (else the read waits for it)
   await Promise.race([helper.started, helper.bundle.catch(() => {}),
                       new Promise((resolve) => setTimeout(resolve, 2000))]);
+  // ORT's wasm (14 MB) is fetched and compiled now (V8 compiles off this thread) instead of
+  // at the session, after Python: a one-node session initializes the runtime. After the
+  // helper has started: instantiating ORT holds this thread for ~0.3 s, which delayed the
+  // helper's start (and the whole read, inflate, expand chain) in about half the loads.
+  const tOrt = performance.now();
+  const ortReady = ort.InferenceSession.create(IDENTITY_ONNX).then(async (s) => {
+    // (ORT imported its factory through ort_wasm_capture.js when heap; a dynamic import, as
+    // ort_heap.js does: the page's static imports stay what they were)
+    mark('ort_init', tOrt);
+    if (heap) ({ capturedModule: ortModule } = await import('./ort_wasm_capture.js'));
+    return s.release();
+  });
+  ortReady.catch(() => {});
+  // the LM head kernel (lm_head.js; 8 KB) compiles meanwhile too
+  const lmKernel = lmHead === false ? null : WebAssembly.compileStreaming(fetch(here('./kernels/lm_head.wasm')));
+  if (lmKernel) lmKernel.catch(() => {});
   let pyodide, pythonSnapshot;
   try {
     ({ pyodide, host, snapshot: pythonSnapshot } = await bootPython(
