@@ -46,7 +46,7 @@ def check_load(page, info):
     """What every successful load shows: its stages, the helper's beside Python, and a bar."""
     st = info["stages"]
     for name in ("ort_init", "python_boot", "python_wheel", "read_verify", "inflate", "expand",
-                 "wait_bundle", "tokenizer", "session", "engine_load", "warmup"):
+                 "wait_bundle", "tokenizer", "engine_texts", "session", "engine_load", "warmup"):
         assert name in st, (name, st)
         start, end = st[name]
         assert 0 <= start <= end <= info["load_ms"] + 1, (name, st)
@@ -56,6 +56,8 @@ def check_load(page, info):
     # the session needs both: it starts once Python and the expanded weights are there
     assert st["session"][0] >= max(st["python_wheel"][1], st["expand"][1]) - 1, st
     assert st["warmup"][0] >= st["session"][1] - 1, st
+    # Python parses the bundle's texts before the session, not after it (bridge.py BundleTexts)
+    assert st["tokenizer"][1] - 1 <= st["engine_texts"][0] <= st["engine_texts"][1] <= st["session"][0] + 1, st
 
     events = page.evaluate("() => window.progress")
     percents = [p["percent"] for p in events]
