@@ -18,6 +18,7 @@ import { openSnapshots } from './python_snapshot.js';
 import { Tokenizer } from './vendor/tokenizers/tokenizers.min.mjs';
 import * as glue from './ort_glue.js';
 import { makeRunner } from './ort_heap.js';
+import { ownRegions } from './runtime_form.js';
 import { prepareLmHead } from './lm_head.js';
 import { createSession } from './bundle_loader.js';
 import { Request, Reply, STAGES, STREAMING, overallPercent } from './protocol.js';
@@ -219,7 +220,8 @@ function bundleFromHelper(url, cache, stallTimeoutMs, expandKernel, onProgress, 
       if (m.type === 'started') onStarted();
       else if (m.type === 'progress') onProgress(m);
       else if (m.type === 'mark') onMark(m.name, m.start, m.end, m.origin);
-      else if (m.type === 'parts') parts.push(...m.parts);
+      // (each region into a buffer of its own, freed once ORT has read it: runtime_form.js ownRegions)
+      else if (m.type === 'parts') parts.push(...ownRegions(m.parts));
       else if (m.type === 'texts') onTexts(m.texts);
       else if (m.type === 'done') { m.bundle.parts = parts.sort((a, b) => a.start - b.start); parts = null; end(resolve, m.bundle); }
       else if (m.type === 'error') end(reject, errorFromWire(m.error));
