@@ -217,6 +217,8 @@ export interface Info {
   expand_kernel_ms: number;
   /** Pyodide memory snapshot: 'hit' | 'stored' | 'miss' | 'rejected: <why>' | 'disabled: <why>' */
   python_snapshot: string;
+  /** MB of the Python snapshot the restore left unwritten because they are zeros already (0 without a restore). */
+  python_snapshot_zero_mb: number;
   download_bytes: number;
   /** every bundle file came from Cache Storage */
   from_cache: boolean;

@@ -97,6 +97,55 @@ export async function openSnapshots(version, { enabled = true, wheel = null } = 
   };
 }
 
+// Pyodide's restore writes the whole snapshot into the fresh heap (API.restoreSnapshot:
+// Module.HEAP8.set), zero pages included, and a written page stays resident: about half of a
+// 30 MB snapshot is zeros (the stack's unused depth, free heap), measured 2026-12-03. This
+// wraps Pyodide's module factory (loadPyodide's `createPyodideModule` option) so that the
+// restore writes only the blocks that are not already what the heap holds: a block that is zero
+// in the snapshot and in the fresh heap is left untouched (a fresh page reads as zero without
+// becoming resident). The heap's contents are the same either way. The parsing and the build-id
+// check stay Pyodide's. Only for the pinned Pyodide (worker.js checks the version): the wrapper
+// relies on restoreSnapshot copying through Module.HEAP8, and falls back to Pyodide's own copy
+// if its shape is not what it expects.
+// -> {factory (for createPyodideModule), skipped(): bytes of the snapshot not written}
+export function sparseRestore(realFactory, block = 1 << 16) {
+  let skipped = 0;
+  const factory = async (settings) => {
+    const module = await realFactory(settings);
+    const api = module.API;
+    const restore = api && api.restoreSnapshot;
+    if (typeof restore !== 'function' || !(module.HEAP8 instanceof Int8Array)) return module;
+    api.restoreSnapshot = function (bytes) {
+      const heap = module.HEAP8;
+      module.HEAP8 = { set: (src, at = 0) => { skipped = copyChanged(heap, src, at, block); } };
+      try { return restore.call(this, bytes); } finally { module.HEAP8 = heap; }
+    };
+    return module;
+  };
+  return { factory, skipped: () => skipped };
+}
+
+// heap.set(src, at), except the blocks that are zero in both (they read as zero already).
+// -> bytes not written.
+function copyChanged(heap, src, at, block) {
+  const dst = new Uint8Array(heap.buffer, heap.byteOffset + at, src.length);
+  const aligned = src.byteOffset % 4 === 0 && dst.byteOffset % 4 === 0;
+  if (!aligned) { dst.set(src); return 0; }
+  const zero = (u8, from, to) => {
+    const w = new Int32Array(u8.buffer, u8.byteOffset + from, (to - from) >> 2);
+    for (let i = 0; i < w.length; i++) if (w[i] !== 0) return false;
+    for (let i = from + (w.length << 2); i < to; i++) if (u8[i] !== 0) return false;
+    return true;
+  };
+  let skipped = 0;
+  for (let from = 0; from < src.length; from += block) {
+    const to = Math.min(from + block, src.length);
+    if (zero(src, from, to) && zero(dst, from, to)) { skipped += to - from; continue; }
+    dst.set(src.subarray(from, to), from);
+  }
+  return skipped;
+}
+
 // Drop the snapshot (all versions) of this origin. -> true when there was one.
 export async function clearSnapshots() {
   if (typeof caches === 'undefined') return false;

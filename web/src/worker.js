@@ -14,10 +14,11 @@
 
 import * as ort from './vendor/ort/ort.wasm.min.mjs';
 import { loadPyodide, version as pyodideVersion } from './vendor/pyodide/pyodide.mjs';
-import { openSnapshots } from './python_snapshot.js';
+import { openSnapshots, sparseRestore } from './python_snapshot.js';
 import { Tokenizer } from './vendor/tokenizers/tokenizers.min.mjs';
 import * as glue from './ort_glue.js';
 import { makeRunner } from './ort_heap.js';
+import { ownRegions } from './runtime_form.js';
 import { prepareLmHead } from './lm_head.js';
 import { createSession } from './bundle_loader.js';
 import { Request, Reply, STAGES, STREAMING, overallPercent } from './protocol.js';
@@ -35,6 +36,7 @@ let host = null;       // PyProxy of smolchat.bridge.WorkerHost
 let tokenizer = null;  // @huggingface/tokenizers Tokenizer of the bundle
 let loadInfo = null;   // worker-side load facts merged into info()
 let bootedPyodide = null; // the Pyodide instance once booted (its heap size is reported)
+let snapshotSkippedMb = 0; // MB of the Python snapshot the restore did not write (zeros)
 let queue = Promise.resolve();
 
 const post = (kind, id, content) => self.postMessage({ kind, id, content });
@@ -80,7 +82,11 @@ async function bootPython(progress, mark, { cache = true } = {}) {
   const snapshot = await snapshots.read();
   if (snapshot) {
     try {
-      pyodide = bootedPyodide = await loadPyodide({ ...options, _loadSnapshot: snapshot });
+      // (the restore writes only the snapshot's blocks that are not zero: python_snapshot.js)
+      const real = (await import('./vendor/pyodide/pyodide.asm.mjs')).default;
+      const sparse = sparseRestore(real);
+      pyodide = bootedPyodide = await loadPyodide({ ...options, _loadSnapshot: snapshot, createPyodideModule: sparse.factory });
+      snapshotSkippedMb = Math.round(sparse.skipped() / 1048576 * 10) / 10;
       // Pyodide keeps its options for the instance's life: without this the 31.5 MB stay
       pyodide._api.config._loadSnapshot = null;
       // and they go now, not at a later garbage collection (the heap holds its own copy)
@@ -222,7 +228,8 @@ function bundleFromHelper(url, cache, stallTimeoutMs, expandKernel, onProgress, 
       if (m.type === 'started') onStarted();
       else if (m.type === 'progress') onProgress(m);
       else if (m.type === 'mark') onMark(m.name, m.start, m.end, m.origin);
-      else if (m.type === 'parts') parts.push(...m.parts);
+      // (each region into a buffer of its own, freed once ORT has read it: runtime_form.js ownRegions)
+      else if (m.type === 'parts') parts.push(...ownRegions(m.parts));
       else if (m.type === 'texts') onTexts(m.texts);
       else if (m.type === 'done') { m.bundle.parts = parts.sort((a, b) => a.start - b.start); parts = null; end(resolve, m.bundle); }
       else if (m.type === 'error') end(reject, errorFromWire(m.error));
@@ -452,6 +459,7 @@ async function loadModel(id, { bundleUrl, threads, systemPrompt, contextWindow, 
     heaps_mb: heaps, // {stage: {ort, python}}: the wasm heaps' sizes (MB) as this worker's stages end
     t0_epoch_ms: performance.timeOrigin + t0,
     python_snapshot: await pythonSnapshot, // 'hit' | 'stored' | 'miss' | 'rejected: ...' | 'disabled: ...'
+    python_snapshot_zero_mb: snapshotSkippedMb, // MB of it left unwritten: zeros (python_snapshot.js sparseRestore)
     // which path expanded int4 -> int8 (load_worker.js): 'kernel' (web/kernels/expand.c) | 'js', and why JS
     expand: bundle.expand.path, expand_note: bundle.expand.note, expand_kernel_ms: bundle.expand.kernel_ms,
     ...bundle.cache, // from_cache, cache ('hit' | 'miss' | 'disabled: <reason>'), cache_name, network_bytes
