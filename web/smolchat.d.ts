@@ -215,7 +215,8 @@ export interface Info {
   expand_note: string | null;
   /** ms the kernel's calls took (0 when it did not run) */
   expand_kernel_ms: number;
-  /** Pyodide memory snapshot: 'hit' | 'stored' | 'miss' | 'rejected: <why>' | 'disabled: <why>' */
+  /** Pyodide memory snapshot: 'hit' (kept by an earlier visit) | 'site' (the site's own, made when it was
+   * built; kept for the next visit) | 'stored' | 'miss' | 'rejected: <why>' | 'disabled: <why>' */
   python_snapshot: string;
   /** MB of the Python snapshot the restore left unwritten because they are zeros already (0 without a restore). */
   python_snapshot_zero_mb: number;

@@ -26,6 +26,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 COMPACT = ROOT / "models" / "smollm2-135m-instruct-compact"
 TINY = ROOT / "models" / "tiny-random"
+SITE = ROOT / "dist" / "site"   # what the app server serves (./build.sh site)
 LOAD_TIMEOUT_MS = 240_000
 SENT: Counter = Counter()   # path -> body bytes the app server sent
 BUNDLE_FILES = ("model.onnx", "weights.bin", "tokenizer.json", "tokenizer_config.json",
@@ -233,7 +234,7 @@ def elapsed(t0: float) -> float:
 @pytest.fixture(scope="session")
 def kit():
     """The helpers above, for the test modules (no imports of conftest needed)."""
-    return SimpleNamespace(COMPACT=COMPACT, TINY=TINY, BUNDLE_FILES=BUNDLE_FILES,
+    return SimpleNamespace(COMPACT=COMPACT, TINY=TINY, SITE=SITE, BUNDLE_FILES=BUNDLE_FILES,
                            require_bundle=require_bundle, BundleTraffic=BundleTraffic,
                            throttle=throttle, load_api=load_api, new_page=new_page, host_page=host_page,
                            elapsed=elapsed)

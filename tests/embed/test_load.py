@@ -83,8 +83,9 @@ def test_network_then_cached_load_both_answer(blank, origin, kit):
     r = page.evaluate(LOAD_JS, TINY_URL)
     assert "info" in r, r
     assert (r["info"]["from_cache"], r["info"]["cache"]) == (False, "miss")
-    assert r["info"]["python_snapshot"] == "stored"
-    assert r["info"]["python_snapshot_zero_mb"] == 0   # no restore on a first visit
+    # a first visit boots Python from the site's own snapshot (made when the site was built)
+    assert r["info"]["python_snapshot"] == "site"
+    assert r["info"]["python_snapshot_zero_mb"] > 1
     check_load(page, r["info"])
     reply = page.evaluate("() => window.bot.chat('Hello', { maxTokens: 3, temperature: 0 })")
     assert reply["completion_tokens"] >= 1
@@ -247,6 +248,48 @@ BARE_SNAPSHOT_JS = """async ([name]) => {
 }"""
 
 
+def test_site_snapshot_is_used_only_when_it_fits_and_never_fails_a_load(blank, origin, kit):
+    """The site's own Python snapshot (site.json python_snapshot, made by the site build in
+    Node) boots a first visit; one that site.json says was made from another wheel or by another
+    Pyodide is not fetched, and a missing file means a full boot: both loads end ready and give
+    the reply the snapshot boot gave, and a snapshot of their own is kept."""
+    page, context, errors = blank
+    site = json.loads((kit.SITE / "site.json").read_text())
+    meta = site["python_snapshot"]
+    assert meta["path"] == "python.snapshot.gz" and meta["pyodide"] == site["versions"]["pyodide"]
+    wheel = (kit.SITE / site["wheel"]).read_bytes()
+    assert meta["wheel_sha256"] == hashlib.sha256(wheel).hexdigest()
+    assert len(zlib.decompress((kit.SITE / meta["path"]).read_bytes(), 47)) == meta["bytes"] > 10_000_000
+    requests: list[str] = []
+    context.on("request", lambda r: requests.append(r.url))
+
+    def visit():
+        page.evaluate("(n) => caches.delete(n)", SNAPSHOT_CACHE)
+        requests.clear()
+        page.goto(f"{origin}/examples/widget.html")
+        r = page.evaluate(LOAD_JS, TINY_URL)
+        assert "info" in r, r
+        reply = page.evaluate("() => window.bot.chat('Hello', { maxTokens: 4, temperature: 0 })")
+        fetched = any(u.endswith("/" + meta["path"]) for u in requests)
+        return r["info"]["python_snapshot"], fetched, reply["text"]
+
+    state, fetched, first = visit()
+    assert (state, fetched) == ("site", True)
+    def serve_site_json(patch):
+        body = json.dumps({**site, "python_snapshot": {**meta, **patch}})
+        return lambda route: route.fulfill(status=200, headers={"Content-Type": "application/json"}, body=body)
+
+    for patch in ({"wheel_sha256": "f" * 64}, {"pyodide": "0.0.1"}):
+        context.route("**/site.json", serve_site_json(patch))
+        assert visit() == ("stored", False, first), patch
+        context.unroute("**/site.json")
+    context.route("**/" + meta["path"], lambda route: route.fulfill(status=404, body="gone"))
+    state, fetched, reply = visit()
+    assert (state, fetched, reply) == ("stored", True, first)
+    context.unroute("**/" + meta["path"])
+    assert errors == [] or all("404" in e for e in errors), errors
+
+
 def test_python_snapshot_is_used_on_return_and_its_version_is_checked(blank, origin):
     """The first visit keeps a Pyodide memory snapshot, the next boots from it; a snapshot of
     another Pyodide build (its build id) or version (our header) is refused, dropped and
@@ -261,7 +304,9 @@ def test_python_snapshot_is_used_on_return_and_its_version_is_checked(blank, ori
         assert reply["completion_tokens"] >= 1
         return r["info"]["python_snapshot"]
 
-    assert visit() == "stored"
+    # the first visit boots from the site's own snapshot (made when the site was built) and
+    # keeps it; the next one reads it back
+    assert visit() == "site"
     assert visit() == "hit"
     assert page.evaluate(REWRITE_SNAPSHOT_JS, [SNAPSHOT_CACHE, True, None, None]) > 1_000_000
     state = visit()

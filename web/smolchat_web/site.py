@@ -17,6 +17,9 @@
       wheels/jinja2-*, markupsafe-*      pure-Python wheels for non-ChatML chat templates
                                          (pywheels.py), unpacked the same way, only for those
       models/<bundle-id>/                symlinks to models/<bundle-id>/ (every built bundle)
+      python.snapshot.gz                 Pyodide's memory snapshot with smolchat.bridge imported,
+                                         made in Node (python_snapshot.mjs): a first visit boots
+                                         Python from it
       site.json                          what was assembled: versions, wheel, bundles, default,
                                          runtime_files {path: bytes} (the load's progress bar)
 
@@ -156,6 +159,30 @@ def build_wheel(out: Path, previous: dict | None, log=print) -> str:
     return f"wheels/{built[0].name}"
 
 
+SNAPSHOT = "python.snapshot.gz"
+
+
+def build_python_snapshot(out: Path, wheel: str, previous: dict | None, log=print) -> dict:
+    """Pyodide's memory snapshot with our wheel imported, made in Node by python_snapshot.mjs
+    with the site's own Pyodide (~3 s), unless site.json already has one of this Pyodide
+    version and wheel. A first visit boots Python from it (worker.js bootPython).
+    Returns site.json's `python_snapshot`: {path, pyodide, wheel_sha256, bytes (uncompressed)}."""
+    key = {"path": SNAPSHOT, "pyodide": _npm_version("pyodide"),
+           "wheel_sha256": hashlib.sha256((out / wheel).read_bytes()).hexdigest()}
+    prev = (previous or {}).get("python_snapshot") or {}
+    if all(prev.get(k) == v for k, v in key.items()) and (out / SNAPSHOT).is_file():
+        return prev
+    node = shutil.which("node")
+    if node is None:
+        raise SiteError("node not found: install Node.js 20+ (the site build makes Python's snapshot with it)")
+    log("site: making the Python snapshot (Pyodide in Node, the smolchat wheel imported)")
+    r = subprocess.run([node, str(WEB / "smolchat_web" / "python_snapshot.mjs"), str(out), wheel,
+                        str(out / SNAPSHOT)], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SiteError(f"making the Python snapshot failed:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
+    return {**key, "bytes": json.loads(r.stdout.strip().splitlines()[-1])["bytes"]}
+
+
 def find_bundles() -> dict[str, Path]:
     """Every built bundle: models/<id>/ with a manifest.json."""
     if not MODELS.is_dir():
@@ -217,6 +244,8 @@ def build_site(out: Path = DIST, default_bundle: str = DEFAULT_PRESET, log=print
 
     wheel = build_wheel(out, previous, log)
     assembled.add(wheel)
+    python_snapshot = build_python_snapshot(out, wheel, previous, log)
+    assembled.add(SNAPSHOT)
     for rel in build_kernels(out, log):
         assembled.update({rel, f"kernels/.{Path(rel).stem}.hash"})
     python_packages = []   # jinja2 + markupsafe for non-ChatML chat templates (pywheels.py)
@@ -246,6 +275,9 @@ def build_site(out: Path = DIST, default_bundle: str = DEFAULT_PRESET, log=print
     info = {
         "format": "smolchat-site/1",
         "wheel": wheel,
+        # Python's memory snapshot made at build time (python_snapshot.mjs): a first visit
+        # boots from it when its Pyodide version and wheel are the running ones
+        "python_snapshot": python_snapshot,
         "python_packages": python_packages,
         "versions": {k: _npm_version(v) for k, v in NPM_PACKAGES.items()},
         "bundles": {name: f"models/{name}/" for name in bundles},
@@ -254,7 +286,7 @@ def build_site(out: Path = DIST, default_bundle: str = DEFAULT_PRESET, log=print
         # into its progress bar): the wasm binaries, Python's stdlib and our wheel (not the
         # template packages: a ChatML bundle never fetches them)
         "runtime_files": {rel: (out / rel).stat().st_size for rel in sorted(assembled)
-                          if rel.endswith((".wasm", ".zip", ".whl"))
+                          if (rel.endswith((".wasm", ".zip", ".whl")) or rel == SNAPSHOT)
                           and rel not in python_packages},
     }
     (out / "site.json").write_text(json.dumps(info, indent=2) + "\n")

@@ -51,8 +51,9 @@ function isSiteFile(url) {
   return !!siteBase && url.startsWith(siteBase) && !(bundleBase && url.startsWith(bundleBase));
 }
 
-// The body of `response` as a stream that errors with NetworkError on a stall or a cut.
-function watchedBody(url, response, abort) {
+// The body of `response` as a stream that errors with NetworkError on a stall or a cut
+// (recorded as the load's fault unless the fetch was `optional`).
+function watchedBody(url, response, abort, optional) {
   const reader = response.body.getReader();
   let received = 0;
   return new ReadableStream({
@@ -69,7 +70,7 @@ function watchedBody(url, response, abort) {
       } catch (e) {
         const err = e instanceof SmolChatError ? e : networkError(url,
           `was cut after ${received} bytes (${(e && e.message) || e})`, { received });
-        record(err);
+        if (!optional) record(err);
         abort();
         reader.cancel().catch(() => {});
         controller.error(err);
@@ -81,8 +82,11 @@ function watchedBody(url, response, abort) {
   });
 }
 
+// init.optional: a file the load can do without (worker.js siteSnapshot): its failures are
+// the caller's to handle and are not recorded as the load's fault.
 export async function watchedFetch(input, init = undefined) {
   const url = urlOf(input);
+  const optional = !!(init && init.optional);
   const controller = new AbortController();
   const outer = init && init.signal;
   if (outer) {
@@ -96,15 +100,16 @@ export async function watchedFetch(input, init = undefined) {
     response = await nativeFetch(input, { ...(init || {}), signal: controller.signal });
   } catch (e) {
     if (outer && outer.aborted) throw e;
-    throw record(timedOut
+    const err = timedOut
       ? networkError(url, `got no answer for ${seconds(stallMs)}`)
-      : networkError(url, `failed (${(e && e.message) || e})`));
+      : networkError(url, `failed (${(e && e.message) || e})`);
+    throw optional ? err : record(err);
   } finally {
     clearTimeout(timer);
   }
-  if (!response.ok && isSiteFile(url)) record(siteIncomplete(url, response.status));
+  if (!response.ok && isSiteFile(url) && !optional) record(siteIncomplete(url, response.status));
   if (!response.body) return response;
-  return new Response(watchedBody(url, response, () => controller.abort()), {
+  return new Response(watchedBody(url, response, () => controller.abort(), optional), {
     status: response.status, statusText: response.statusText, headers: response.headers,
   });
 }

@@ -37,6 +37,7 @@ let tokenizer = null;  // @huggingface/tokenizers Tokenizer of the bundle
 let loadInfo = null;   // worker-side load facts merged into info()
 let bootedPyodide = null; // the Pyodide instance once booted (its heap size is reported)
 let snapshotSkippedMb = 0; // MB of the Python snapshot the restore did not write (zeros)
+let snapshotStore = Promise.resolve(); // the Python snapshot's Cache Storage put (never rejects)
 let queue = Promise.resolve();
 
 const post = (kind, id, content) => self.postMessage({ kind, id, content });
@@ -67,7 +68,9 @@ async function siteInfo() {
 // snapshot that Pyodide refuses (another build), of another wheel, or that fails, is dropped
 // and Python boots without it. jinja2 + MarkupSafe come later, only for a bundle whose chat
 // template needs them (installTemplatePackages).
-// -> {pyodide, host, snapshot: Promise of 'hit' | 'stored' | 'miss' | 'rejected: ...' | 'disabled: ...'}
+// A first visit boots from the site's own snapshot (made when the site was built: siteSnapshot)
+// and keeps it as a return visit's.
+// -> {pyodide, host, snapshot: Promise of 'hit' | 'site' | 'stored' | 'miss' | 'rejected: ...' | 'disabled: ...'}
 async function bootPython(progress, mark, { cache = true } = {}) {
   progress('python', 0, 'Starting Python');
   const info = await siteInfo();
@@ -79,7 +82,15 @@ async function bootPython(progress, mark, { cache = true } = {}) {
   const options = { indexURL: here('./vendor/pyodide/'), stdout: () => {}, stderr: (s) => console.warn(s) };
   let pyodide = null;
   let stored = Promise.resolve();
-  const snapshot = await snapshots.read();
+  let snapshot = await snapshots.read();
+  // none kept yet (a first visit, or cache: false): the site's own, made when the site was built
+  // (site.json python_snapshot); not after a refusal, which boots without any and keeps a new one
+  let fromSite = false;
+  if (!snapshot && !snapshots.report().startsWith('rejected')) {
+    progress('python', 0.1, 'Starting Python: reading its snapshot');
+    snapshot = await siteSnapshot(info.python_snapshot, sha);
+    fromSite = snapshot !== null;
+  }
   if (snapshot) {
     try {
       // (the restore writes only the snapshot's blocks that are not zero: python_snapshot.js)
@@ -87,6 +98,9 @@ async function bootPython(progress, mark, { cache = true } = {}) {
       const sparse = sparseRestore(real);
       pyodide = bootedPyodide = await loadPyodide({ ...options, _loadSnapshot: snapshot, createPyodideModule: sparse.factory });
       snapshotSkippedMb = Math.round(sparse.skipped() / 1048576 * 10) / 10;
+      // the site's snapshot is kept for the next visit like one made here (the put copies the
+      // bytes at once: they are freed below)
+      if (fromSite && snapshots.wanted) stored = snapshots.store(snapshot);
       // Pyodide keeps its options for the instance's life: without this the 31.5 MB stay
       pyodide._api.config._loadSnapshot = null;
       // and they go now, not at a later garbage collection (the heap holds its own copy)
@@ -99,6 +113,7 @@ async function bootPython(progress, mark, { cache = true } = {}) {
       t = mark('python_boot', t);
     } catch (e) {
       pyodide = null;
+      fromSite = false;
       await snapshots.reject(e);
     }
   }
@@ -120,7 +135,34 @@ async function bootPython(progress, mark, { cache = true } = {}) {
   mark('python_wheel', t);
   progress('python', 1, 'Python ready');
   // (the snapshot's store finishes in the background; the load reports it at its end)
-  return { pyodide, host: h, snapshot: stored.then(() => snapshots.report()) };
+  snapshotStore = stored;
+  return { pyodide, host: h, snapshot: stored.then(() => (fromSite ? 'site' : snapshots.report())) };
+}
+
+// The site's own Python snapshot (site.json python_snapshot: {path, pyodide, wheel_sha256,
+// bytes}, gzip-compressed, made by smolchat_web/python_snapshot.mjs when the site was built),
+// inflated, when it was made by this Pyodide from the wheel this site serves; else null. A
+// missing, cut or broken file means Python boots without it, never a failed load (Pyodide
+// still checks its build id).
+async function siteSnapshot(meta, wheelSha) {
+  if (!meta || meta.pyodide !== pyodideVersion || meta.wheel_sha256 !== wheelSha || !(meta.bytes > 0)) return null;
+  try {
+    const response = await fetch(here(meta.path), { optional: true });   // (fetch_watch.js)
+    if (!response.ok) return null;
+    const out = new Uint8Array(meta.bytes);
+    let length = 0;
+    const reader = response.body.pipeThrough(new DecompressionStream('gzip')).getReader();
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      if (length + value.length > out.length) return null;
+      out.set(value, length);
+      length += value.length;
+    }
+    return length === out.length ? out : null;
+  } catch {
+    return null;
+  }
 }
 
 // The bytes of a wheel of the site (site.json path); a missing one is SiteIncomplete.
@@ -258,6 +300,10 @@ async function load(id, content) {
   } catch (e) {
     if (host) { host.destroy(); host = null; }
     tokenizer = null;
+    // a failed load's worker is terminated by the page: let a Cache Storage put of the Python
+    // snapshot end first (one cut short left the next load's read of that cache waiting
+    // forever), within a bound so that the error still comes
+    await Promise.race([snapshotStore, new Promise((resolve) => setTimeout(resolve, 10_000))]);
     throw loadError(e);
   }
 }
@@ -447,6 +493,11 @@ async function loadModel(id, { bundleUrl, threads, systemPrompt, contextWindow, 
   progress('warmup', 0.3, 'Warming up');
   unwrap(await awaitPy(host.warmup()));
   mark('warmup', t);
+  // A Python booted from a snapshot does not wait for its stdlib (python_stdlib.zip): Pyodide
+  // fetches it on the side, and a failure there only shows when a module is first imported.
+  // A site file of Pyodide that failed is the load's error (SiteIncomplete naming it).
+  const pyodideFault = loadFault();
+  if (pyodideFault && String(pyodideFault.details?.url || '').startsWith(here('./vendor/pyodide/'))) throw pyodideFault;
   progress('warmup', 1, 'Ready');
   const total = performance.now() - t0;
   loadInfo = {
@@ -458,7 +509,7 @@ async function loadModel(id, { bundleUrl, threads, systemPrompt, contextWindow, 
     stages: marks, // {name: [start_ms, end_ms]} since the load began; helper stages overlap python
     heaps_mb: heaps, // {stage: {ort, python}}: the wasm heaps' sizes (MB) as this worker's stages end
     t0_epoch_ms: performance.timeOrigin + t0,
-    python_snapshot: await pythonSnapshot, // 'hit' | 'stored' | 'miss' | 'rejected: ...' | 'disabled: ...'
+    python_snapshot: await pythonSnapshot, // 'hit' | 'site' | 'stored' | 'miss' | 'rejected: ...' | 'disabled: ...'
     python_snapshot_zero_mb: snapshotSkippedMb, // MB of it left unwritten: zeros (python_snapshot.js sparseRestore)
     // which path expanded int4 -> int8 (load_worker.js): 'kernel' (web/kernels/expand.c) | 'js', and why JS
     expand: bundle.expand.path, expand_note: bundle.expand.note, expand_kernel_ms: bundle.expand.kernel_ms,
