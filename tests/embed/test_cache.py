@@ -164,3 +164,24 @@ def test_storage_full_runs_without_caching_and_says_so(blank, origin, kit):
 
     assert len(traffic.model_files()) == len(kit.BUNDLE_FILES)
     assert errors == []
+
+
+def test_no_room_for_the_inflated_weights_keeps_the_files(blank, origin, kit):
+    """Room for the bundle's files but not for weights.bin inflated as well: the files stay
+    cached (weights.bin too) and the next visit reads them, with no model bytes."""
+    page, traffic, context, errors = blank
+    manifest, files = manifest_files(kit)
+    total = sum(f["bytes"] for f in files.values())
+    raw = manifest["runtime"]["weights_raw_bytes"]
+    cdp = context.new_cdp_session(page)
+    cdp.send("Storage.overrideQuotaForOrigin", {"origin": origin, "quotaSize": total + raw // 2})
+    info = kit.load_api(page, TINY_URL)
+    assert (info["from_cache"], info["cache"]) == (False, "miss"), info["cache"]
+    entries = page.evaluate(ENTRIES_JS, CACHE)
+    assert set(entries) == set(kit.BUNDLE_FILES), entries
+    traffic.reset()
+    reload(page, origin)
+    info = kit.load_api(page, TINY_URL)
+    assert (info["from_cache"], info["cache"], info["network_bytes"]) == (True, "hit", 0)
+    assert traffic.model_bytes() == 0
+    assert errors == []

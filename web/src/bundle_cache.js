@@ -31,7 +31,8 @@
 // derived entry is good); it carries `x-smolchat-source-sha256` (the source's sha256 in the
 // manifest) and `x-smolchat-sha256`, the sha256 of its own bytes taken when they were made from
 // the verified source. A derived entry that fails its check is deleted and the caller falls
-// back to the source file (downloaded again).
+// back to the source file (downloaded again); one that cannot be stored (storage full) is
+// simply not there, and the source's own entry stays.
 //
 // What this module ignores: which files a bundle needs and what they mean (bundle_loader.js).
 
@@ -191,9 +192,10 @@ export async function openBundleCache(base, manifest, fetchFile, { enabled = tru
           'Content-Type': 'application/octet-stream', 'Content-Length': String(bytes.length),
           [SHA_HEADER]: sha, [SOURCE_HEADER]: entry.sha256, [HASH_HEADER]: version } }));
         await target.delete(entryKey(manifest, source));
-      })().catch((e) => disable(isQuotaError(e)
-        ? `storage full (${e.name || 'QuotaExceededError'}): running without caching; free browser storage to cache the model`
-        : `could not store ${derived} (${e.name || 'Error'}: ${e.message || e}): running without caching`));
+      })().catch(async () => {
+        // (no room for it, e.g.: the source's own entry stays and serves the next load)
+        try { await target.delete(entryKey(manifest, derived)); } catch { /* never stored */ }
+      });
       puts.push(stored);
       return stored;
     },
